@@ -1,0 +1,27 @@
+"""ppfr: privacy-preserving face recognition.
+
+The core method is MinusFace: the device turns a face into a noise-like protected image
+and the server still recognises the person from it. Every method shares one API::
+
+    import ppfr
+    model = ppfr.create("minusface", num_classes=1000)   # or ppfr.load("runs/x/model")
+    p = model.protect(faces)        # client: (B, 3, 112, 112) in [-1, 1] -> protected
+    t = model.embed(p)              # server: protected -> L2-normalised templates
+    model.save("bundle"); ppfr.load("bundle", part="client")
+"""
+
+__version__ = "0.1.0"
+
+from ppfr.errors import (  # noqa: E402
+    CheckpointError,
+    DataError,
+    InputError,
+    PPFRError,
+    UnknownNameError,
+)
+from ppfr.methods import Method, create, list_methods, load  # noqa: E402
+
+__all__ = [
+    "CheckpointError", "DataError", "InputError", "Method", "PPFRError", "UnknownNameError",
+    "__version__", "create", "list_methods", "load",
+]

@@ -1,0 +1,1 @@
+"""Face data: image I/O, datasets of aligned faces, and verification pairs."""

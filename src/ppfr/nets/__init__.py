@@ -1,0 +1,39 @@
+"""Networks: IR backbones, the U-Net generator and margin heads, registered by name.
+
+Example:
+    >>> from ppfr import nets
+    >>> net = nets.create_backbone("ir18", in_channels=3, width=0.25)
+    >>> sorted(nets.list_backbones())
+    ['ir100', 'ir18', 'ir34', 'ir50']
+"""
+
+from ppfr.nets._registries import BACKBONES, GENERATORS, HEADS
+from ppfr.nets.heads import ArcFaceHead, CosFaceHead, MarginHead
+from ppfr.nets.iresnet import IResNet
+from ppfr.nets.unet import UNet
+
+
+def create_backbone(name: str, **config) -> IResNet:
+    return BACKBONES.build(name, **config)
+
+
+def create_generator(name: str, **config) -> UNet:
+    return GENERATORS.build(name, **config)
+
+
+def create_head(name: str, **config) -> MarginHead:
+    return HEADS.build(name, **config)
+
+
+def list_backbones() -> list[str]:
+    return BACKBONES.names()
+
+
+def list_heads() -> list[str]:
+    return HEADS.names()
+
+
+__all__ = [
+    "ArcFaceHead", "CosFaceHead", "IResNet", "MarginHead", "UNet", "create_backbone",
+    "create_generator", "create_head", "list_backbones", "list_heads",
+]

@@ -1,0 +1,282 @@
+"""The training loop, shared by every method.
+
+A method hands the engine its :class:`~ppfr.methods.base.Stage` list; the engine runs
+each stage with SGD (momentum, weight decay, the learning rate times each group's
+``lr_scale``) and a step schedule, checkpoints after every epoch and can resume.
+
+Determinism: every epoch reseeds the global RNG (dropout, flips, MinusFace shuffles) and
+the data order from ``(seed, stage, epoch, rank)``, and a checkpoint holds the weights,
+optimizer and schedule at an epoch boundary. So a run resumed from any checkpoint ends
+with the same weights as an uninterrupted run with the same seed.
+
+Distributed: launched by ``torchrun`` (``WORLD_SIZE`` > 1) the engine joins the process
+group (NCCL on CUDA, gloo on CPU), shards the data with a ``DistributedSampler`` and wraps
+the stage's step module in ``DistributedDataParallel``. ``batch_size`` is per process.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import shutil
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+from tqdm.auto import tqdm
+
+import ppfr
+from ppfr.data.base import FaceDataset
+from ppfr.errors import CheckpointError
+from ppfr.methods.base import PARTS, Method, Stage, load_into, load_part_state, read_manifest
+from ppfr.train.config import TrainConfig
+
+STATE_FILE = "trainer_state.pt"
+
+
+@dataclass
+class _Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _setup_distributed(device: str) -> _Dist:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return _Dist()
+    if not dist.is_initialized():
+        backend = "nccl" if device.startswith("cuda") else "gloo"
+        dist.init_process_group(backend)
+    return _Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def _derive_seed(*parts: int) -> int:
+    digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def _resolve_device(name: str, d: _Dist) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        name = f"cuda:{d.local_rank}"
+    return torch.device(name)
+
+
+def training_data(cfg: TrainConfig) -> FaceDataset:
+    """The training split described by ``cfg.data``."""
+    from ppfr.data import orl
+
+    if cfg.data.source.lower() == "orl":
+        train_ids, _ = orl.split_identities(cfg.data.test_identities, cfg.data.split_seed)
+        return orl.load_orl(train_ids)
+    from ppfr.data.open import open_source
+
+    data = open_source(cfg.data.source)
+    if not isinstance(data, FaceDataset):
+        raise ppfr.InputError(f"{cfg.data.source}: a verification pack cannot be trained on")
+    return data
+
+
+class Trainer:
+    """Runs a :class:`TrainConfig`. ``Trainer(cfg).fit(resume=True)`` continues a run."""
+
+    def __init__(self, cfg: TrainConfig, dataset: FaceDataset | None = None,
+                 progress: bool = True) -> None:
+        self.cfg = cfg
+        self.dist = _setup_distributed(cfg.device if cfg.device != "auto" else
+                                       ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = _resolve_device(cfg.device, self.dist)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        self.out = Path(cfg.out)
+        self.progress = progress and self.dist.main
+        self.dataset = dataset if dataset is not None else training_data(cfg)
+        torch.manual_seed(_derive_seed(cfg.seed, "init"))  # same initial weights on every rank
+        self.model: Method = ppfr.create(cfg.method, num_classes=self.dataset.num_classes,
+                                         **cfg.model).to(self.device)
+        self.history: list[dict] = []
+
+    # ---- checkpoints
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.out / "checkpoint"
+
+    def _save_checkpoint(self, stage: int, epoch: int, optimizer, scheduler, scaler) -> None:
+        if not self.dist.main:
+            return
+        tmp = self.out / "checkpoint.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.model.save(tmp, parts=PARTS)
+        torch.save({
+            "stage": stage, "epoch": epoch,  # the next epoch to run
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "config": self.cfg.to_dict(),
+        }, tmp / STATE_FILE)
+        old = self.out / "checkpoint.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if self.checkpoint_dir.exists():
+            self.checkpoint_dir.rename(old)
+        tmp.rename(self.checkpoint_dir)  # the switch is one rename: never half a checkpoint
+        shutil.rmtree(old, ignore_errors=True)
+
+    def _load_checkpoint(self) -> dict:
+        ckpt = self.checkpoint_dir
+        manifest = read_manifest(ckpt)
+        for part in PARTS:
+            load_into(self.model._part(part), load_part_state(ckpt, manifest, part),
+                      f"{ckpt}/{part}")
+        try:
+            return torch.load(ckpt / STATE_FILE, map_location=self.device, weights_only=True)
+        except FileNotFoundError:
+            raise CheckpointError(f"{ckpt}: {STATE_FILE} is missing") from None
+        except Exception as e:  # torch raises several types for a corrupt pickle/zip
+            raise CheckpointError(f"{ckpt}/{STATE_FILE}: corrupt training state ({e})") from None
+
+    # ---- the loop
+    def _loader(self, stage_index: int, epoch: int, rep: int) -> DataLoader:
+        seed = _derive_seed(self.cfg.seed, stage_index, epoch, rep)
+        if self.dist.world > 1:
+            sampler = DistributedSampler(self.dataset, self.dist.world, self.dist.rank,
+                                         shuffle=True, seed=seed & 0x7FFFFFFF, drop_last=True)
+        else:
+            sampler = RandomSampler(self.dataset, generator=torch.Generator().manual_seed(seed))
+        per_rank = len(self.dataset) // self.dist.world
+        return DataLoader(
+            self.dataset, batch_size=self.cfg.optim.batch_size, sampler=sampler,
+            num_workers=self.cfg.data.num_workers,
+            drop_last=per_rank >= self.cfg.optim.batch_size,  # BN needs >1 sample
+            pin_memory=self.device.type == "cuda",
+            generator=torch.Generator().manual_seed(seed),
+        )
+
+    def _amp(self):
+        if self.device.type != "cuda" or not self.cfg.amp:
+            return nullcontext(), None
+        if torch.cuda.is_bf16_supported():
+            return torch.autocast("cuda", dtype=torch.bfloat16), None
+        return torch.autocast("cuda", dtype=torch.float16), torch.amp.GradScaler("cuda")
+
+    def fit(self, resume: bool = False) -> Method:
+        cfg = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        if self.dist.main:
+            cfg.to_toml(self.out / "config.toml")
+        start_stage, start_epoch, state = 0, 0, None
+        if resume and self.checkpoint_dir.exists():
+            state = self._load_checkpoint()
+            start_stage, start_epoch = state["stage"], state["epoch"]
+        elif resume:
+            raise CheckpointError(f"--resume: no checkpoint in {self.checkpoint_dir}")
+        stages = self.model.stages()
+        for si in range(start_stage, len(stages)):
+            resumed = state if si == start_stage else None
+            self._run_stage(si, stages[si], start_epoch if resumed else 0, resumed)
+        if self.dist.main:
+            self.model.save(self.out / "model")
+        if self.dist.world > 1:
+            dist.barrier()
+        return self.model.eval()
+
+    def _run_stage(self, si: int, stage: Stage, first_epoch: int, state: dict | None) -> None:
+        cfg = self.cfg
+        epochs, milestones, lr = cfg.stage(stage.name)
+        for m in stage.frozen:
+            m.requires_grad_(False)
+        groups = [{"params": g["params"], "lr": lr * g["lr_scale"]} for g in stage.param_groups]
+        optimizer = torch.optim.SGD(groups, lr=lr, momentum=cfg.optim.momentum,
+                                    weight_decay=cfg.optim.weight_decay)
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, cfg.optim.gamma)
+        autocast, scaler = self._amp()
+        if state is not None:
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            if scaler is not None and state.get("scaler"):
+                scaler.load_state_dict(state["scaler"])
+        step_module: nn.Module = stage.module
+        if self.dist.world > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            step_module = DistributedDataParallel(stage.module, device_ids=ids)
+        for epoch in range(first_epoch, epochs):
+            torch.manual_seed(_derive_seed(cfg.seed, si, epoch, self.dist.rank))
+            stage.module.train()
+            for m in stage.frozen:
+                m.eval()
+            t0, seen, sums, steps = time.perf_counter(), 0, {}, 0
+            loaders = [self._loader(si, epoch, rep) for rep in range(stage.repeats)]
+            total = sum(len(dl) for dl in loaders)
+            bar = tqdm(total=total, desc=f"{self.model.name} {stage.name} {epoch + 1}/{epochs}",
+                       disable=not self.progress, leave=False, dynamic_ncols=True)
+            for loader in loaders:
+                for x, y in loader:
+                    x = x.to(self.device, non_blocking=True)
+                    y = y.to(self.device, non_blocking=True)
+                    if cfg.data.flip:  # horizontal flip augmentation, half the batch
+                        flip = torch.rand(len(x), device=x.device) < 0.5
+                        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+                    with autocast:
+                        loss, logs = step_module(x, y)
+                    optimizer.zero_grad(set_to_none=True)
+                    if scaler is not None:
+                        scaler.scale(loss).backward()
+                        scaler.step(optimizer)
+                        scaler.update()
+                    else:
+                        loss.backward()
+                        optimizer.step()
+                    steps += 1
+                    seen += len(x) * self.dist.world
+                    for k, v in {"loss": float(loss.detach()), **logs}.items():
+                        sums[k] = sums.get(k, 0.0) + v
+                    rate = seen / max(time.perf_counter() - t0, 1e-9)
+                    bar.set_postfix(loss=f"{float(loss.detach()):.3f}", img_s=f"{rate:.1f}")
+                    bar.update()
+            bar.close()
+            scheduler.step()
+            row = {"stage": stage.name, "epoch": epoch + 1, "steps": steps,
+                   "lr": optimizer.param_groups[-1]["lr"],
+                   "images_per_s": seen / max(time.perf_counter() - t0, 1e-9),
+                   **{k: v / max(steps, 1) for k, v in sums.items()}}
+            self.history.append(row)
+            self._log(row)
+            self._save_checkpoint(si if epoch + 1 < epochs else si + 1,
+                                  epoch + 1 if epoch + 1 < epochs else 0,
+                                  optimizer, scheduler, scaler)
+        for m in stage.frozen:
+            m.requires_grad_(True)
+
+    def _log(self, row: dict) -> None:
+        if not self.dist.main:
+            return
+        path = self.out / "metrics.csv"
+        fields = ["stage", "epoch", "steps", "lr", "images_per_s", "loss", "pixel", "id"]
+        fields += [k for k in row if k not in fields]
+        new = not path.exists()
+        with path.open("a", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
+            if new:
+                w.writeheader()
+            w.writerow(row)
+        if self.progress:
+            parts = " ".join(f"{k}={v:.4g}" for k, v in row.items()
+                             if isinstance(v, float) and k != "lr")
+            tqdm.write(f"[{self.model.name}] {row['stage']} epoch {row['epoch']}: {parts}")
+
+
+def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
+          dataset: FaceDataset | None = None) -> Method:
+    """Train ``cfg`` (resuming from ``cfg.out/checkpoint`` when asked) and return the model."""
+    return Trainer(cfg, dataset=dataset, progress=progress).fit(resume=resume)

@@ -1,0 +1,25 @@
+import pytest
+import torch
+
+from ppfr.data.orl import load_orl
+
+torch.set_num_threads(2)
+
+#: devices to run device-generic tests on: the CPU always, CUDA where present
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+TINY = {"backbone": "ir18", "backbone_width": 0.125, "embedding_size": 64}
+TINY_MINUSFACE = {**TINY, "generator_width": 4}
+TINY_CONFIGS = {"arcface": TINY, "minusface": TINY_MINUSFACE}
+
+
+@pytest.fixture(scope="session")
+def orl4():
+    """Real faces, small: 4 ORL identities x 10 images."""
+    return load_orl([1, 2, 3, 4])
+
+
+@pytest.fixture()
+def faces():
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(4, 3, 112, 112, generator=g) * 2 - 1

@@ -1,0 +1,97 @@
+import torch
+
+import ppfr
+from ppfr import freq
+from ppfr.methods.minusface import shuffle_channels
+from tests.conftest import TINY_MINUSFACE
+
+
+def _model(**extra):
+    torch.manual_seed(0)
+    return ppfr.create("minusface", num_classes=4, **{**TINY_MINUSFACE, **extra}).eval()
+
+
+def test_protect_range_randomness_and_reproducibility(faces):
+    m = _model()
+    with torch.no_grad():
+        a, b = m.protect(faces), m.protect(faces)
+        g = m.protect(faces, generator=torch.Generator().manual_seed(3))
+        h = m.protect(faces, generator=torch.Generator().manual_seed(3))
+    assert a.shape == (4, 3, 112, 112) and a.dtype == torch.float32
+    assert a.min() >= 0 and a.max() <= 1
+    assert not torch.equal(a, b)  # a fresh shuffle every call
+    assert torch.equal(g, h)  # unless the caller fixes the generator
+    # and a fresh shuffle per image: the same face twice in one batch differs
+    with torch.no_grad():
+        same = m.protect(faces[:1].expand(2, -1, -1, -1), generator=torch.Generator().manual_seed(0))
+    assert not torch.equal(same[0], same[1])
+
+
+def test_protect_is_the_decoded_shuffled_residue(faces):
+    m = _model()
+    with torch.no_grad():
+        r = m.residue(faces)
+        p = m.protect(faces, generator=torch.Generator().manual_seed(5))
+        expected = freq.decode(shuffle_channels(r, torch.Generator().manual_seed(5)))
+    assert torch.allclose(p, expected, atol=1e-6)
+
+
+def test_shuffle_is_a_permutation_per_image():
+    r = torch.arange(192.0).view(1, 192, 1, 1).repeat(3, 1, 2, 2)
+    s = shuffle_channels(r, torch.Generator().manual_seed(0))
+    for i in range(3):
+        assert sorted(s[i, :, 0, 0].tolist()) == list(range(192))
+        assert torch.equal(s[i, :, 0, 0], s[i, :, 1, 1])  # one order for the whole channel
+    assert not torch.equal(s[0], s[1])
+
+
+def test_concatenated_shuffles(faces):
+    m = _model(shuffles=2)
+    with torch.no_grad():
+        p = m.protect(faces)
+        assert p.shape == (4, 6, 112, 112)
+        assert not torch.equal(p[:, :3], p[:, 3:])
+        assert m.embed(p).shape == (4, 64)
+    assert m.server["recognizer"].in_channels == 6
+
+
+def _train_steps(stage, x, y, steps=8, lr=0.05):
+    for m in stage.frozen:
+        m.requires_grad_(False)
+    opt = torch.optim.SGD(
+        [{"params": g["params"], "lr": lr * g["lr_scale"]} for g in stage.param_groups],
+        momentum=0.9,
+    )
+    stage.module.train()
+    for m in stage.frozen:
+        m.eval()
+    losses = []
+    for _ in range(steps):
+        loss, logs = stage.module(x, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    return losses, logs
+
+
+def test_both_stages_train(orl4):
+    torch.manual_seed(0)
+    m = ppfr.create("minusface", num_classes=4, **TINY_MINUSFACE)
+    idx = torch.arange(0, 40, 3)
+    x, y = orl4.faces[idx], torch.as_tensor(orl4.labels[idx])
+    s1, s2 = m.stages()
+    assert [g["lr_scale"] for g in s1.param_groups] == [0.5, 1.0]  # generator at half the rate
+    gen_before = [p.detach().clone() for p in m.client.parameters()]
+    losses, logs = _train_steps(s1, x, y)
+    assert set(logs) == {"pixel", "id"}
+    assert sum(losses[-3:]) < sum(losses[:3])
+    gen_after_1 = [p.detach().clone() for p in m.client.parameters()]
+    assert any(not torch.equal(a, b) for a, b in zip(gen_before, gen_after_1, strict=True))
+    assert s2.repeats == 3 and s2.frozen == [m.client]
+    losses2, _ = _train_steps(s2, x, y)
+    assert sum(losses2[-3:]) < sum(losses2[:3])
+    # stage 2 leaves the generator (weights and BN statistics) untouched
+    for a, b in zip(gen_after_1, m.client.state_dict().values(), strict=False):
+        assert torch.equal(a, b)
+    assert all(torch.equal(a, b) for a, b in zip(gen_after_1, m.client.parameters(), strict=True))

@@ -1,0 +1,138 @@
+"""ppfr.freq against the brief's definition, written here independently."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ppfr import freq
+from ppfr.errors import InputError
+from tests.conftest import DEVICES
+
+
+def _dct8(dtype):
+    a = torch.arange(8, dtype=torch.float64)
+    d = torch.stack([torch.cos(math.pi * (2 * a + 1) * u / 16) for u in range(8)])
+    d[0] /= math.sqrt(8)
+    d[1:] *= math.sqrt(2 / 8)
+    return d.to(dtype)
+
+
+def reference_encode(x):
+    """Brief section 2, step by step, on the full 896x896 image."""
+    p = (x + 1) / 2 * 255
+    up = F.interpolate(p, scale_factor=8, mode="bilinear", align_corners=True)
+    r, g, b = up.unbind(1)
+    y = 0.299 * r + 0.587 * g + 0.114 * b
+    cb = 128 - 0.168736 * r - 0.331264 * g + 0.5 * b
+    cr = 128 + 0.5 * r - 0.418688 * g - 0.081312 * b
+    ycc = torch.stack([y, cb, cr], 1) - 128
+    n = x.shape[0]
+    blocks = ycc.view(n, 3, 112, 8, 112, 8)  # n, colour, I, a, J, b
+    d = _dct8(x.dtype)
+    coef = torch.einsum("ua,vb,ncIaJb->ncuvIJ", d, d, blocks)
+    return coef.reshape(n, 192, 112, 112)
+
+
+def reference_decode(f):
+    n = f.shape[0]
+    d = _dct8(f.dtype)
+    blocks = torch.einsum("ua,vb,ncuvIJ->ncIaJb", d, d, f.view(n, 3, 8, 8, 112, 112))
+    ycc = blocks.reshape(n, 3, 896, 896) + 128
+    y, cb, cr = ycc[:, 0], ycc[:, 1] - 128, ycc[:, 2] - 128
+    rgb = torch.stack([y + 1.402 * cr, y - 0.344136 * cb - 0.714136 * cr, y + 1.772 * cb], 1)
+    small = F.interpolate(rgb / 255, size=(112, 112), mode="bilinear", align_corners=True)
+    return small.clamp(0, 1)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_encode_matches_definition(device):
+    x = (torch.rand(2, 3, 112, 112, dtype=torch.float64) * 2 - 1).to(device)
+    ref = reference_encode(x)
+    assert (freq.encode(x) - ref).abs().max() < 1e-6
+    out32 = freq.encode(x.float())
+    assert out32.dtype == torch.float32
+    assert (out32.double() - ref).abs().max() < 1e-3
+    assert ref.abs().max() > 100  # coefficients really are large: the tolerance is meaningful
+
+
+def test_channel_layout():
+    # a horizontal cosine at the block frequency v=1 lights up channel Y(0, 1) most
+    x = torch.zeros(1, 3, 112, 112, dtype=torch.float64)
+    f = freq.encode(x)
+    assert torch.allclose(f[0, 0], torch.full((112, 112), -4.0, dtype=torch.float64))  # Y DC
+    assert f[0, 1:].abs().max() < 1e-9  # a flat mid-grey image has only DC, and Cb/Cr DC = 0
+    assert freq.channel_index("Cr", 2, 3) == 128 + 19
+    assert freq.channel_uv(147) == (2, 3) and freq.channel_colour(147) == 2
+    assert freq.low_frequency_channels(3, colours=(0,)) == [0, 1, 2, 3, 8, 9, 10, 16, 17, 24]
+    with pytest.raises(InputError):
+        freq.channel_uv(192)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_decode_matches_definition(device):
+    f = freq.encode(torch.rand(2, 3, 112, 112, dtype=torch.float64).to(device) * 2 - 1)
+    f = f + torch.randn_like(f) * 5  # off the image manifold too
+    assert (freq.decode(f) - reference_decode(f)).abs().max() < 1e-6
+
+
+def test_roundtrip_up_to_resampling():
+    # smooth faces survive almost exactly; sharp noise loses only what resampling loses
+    smooth = F.avg_pool2d(torch.rand(2, 3, 112, 112), 7, 1, 3) * 2 - 1
+    back = freq.decode(freq.encode(smooth))
+    assert back.shape == (2, 3, 112, 112) and back.min() >= 0 and back.max() <= 1
+    assert (back - (smooth + 1) / 2).abs().mean() < 5e-3
+    noise = torch.rand(2, 3, 112, 112) * 2 - 1
+    resampled = F.interpolate(
+        F.interpolate((noise + 1) / 2, scale_factor=8, mode="bilinear", align_corners=True),
+        size=(112, 112), mode="bilinear", align_corners=True)
+    assert (freq.decode(freq.encode(noise)) - resampled).abs().max() < 1e-4
+
+
+def test_gradients_match_reference():
+    x = (torch.rand(1, 3, 112, 112, dtype=torch.float64) * 2 - 1).requires_grad_()
+    w = torch.randn(1, 192, 112, 112, dtype=torch.float64)
+    (g_fast,) = torch.autograd.grad((freq.encode(x) * w).sum(), x)
+    (g_ref,) = torch.autograd.grad((reference_encode(x) * w).sum(), x)
+    assert torch.allclose(g_fast, g_ref, atol=1e-8)
+    f = freq.encode(x.detach()).requires_grad_()
+    v = torch.randn(1, 3, 112, 112, dtype=torch.float64)
+    (h_fast,) = torch.autograd.grad((freq.decode(f) * v).sum(), f)
+    (h_ref,) = torch.autograd.grad((reference_decode(f) * v).sum(), f)
+    assert torch.allclose(h_fast, h_ref, atol=1e-8)
+
+
+@pytest.mark.parametrize("batch", [0, 1, 5])
+def test_any_batch_size(batch):
+    x = torch.zeros(batch, 3, 112, 112)
+    assert freq.encode(x).shape == (batch, 192, 112, 112)
+    assert freq.decode(freq.encode(x)).shape == (batch, 3, 112, 112)
+
+
+def test_modules():
+    x = torch.rand(1, 3, 112, 112) * 2 - 1
+    assert torch.equal(freq.Encode()(x), freq.encode(x))
+    assert torch.equal(freq.Decode()(freq.encode(x)), freq.decode(freq.encode(x)))
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (torch.zeros(3, 112, 112), "shape"),
+        (torch.zeros(1, 1, 112, 112), "shape"),
+        (torch.zeros(1, 3, 96, 112), "shape"),
+        (torch.zeros(1, 3, 112, 112, dtype=torch.uint8), "float32 or float64"),
+        (torch.zeros(1, 3, 112, 112, dtype=torch.float16), "float32 or float64"),
+        (torch.full((1, 3, 112, 112), 255.0), r"\[-1, 1\]"),
+        ([[0.0]], "torch.Tensor"),
+    ],
+)
+def test_encode_rejects_bad_input(bad, message):
+    with pytest.raises(InputError, match=message):
+        freq.encode(bad)
+
+
+def test_decode_rejects_wrong_channels():
+    with pytest.raises(InputError, match="192"):
+        freq.decode(torch.zeros(1, 3, 112, 112))
