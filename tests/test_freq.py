@@ -86,7 +86,10 @@ def test_roundtrip_up_to_resampling():
     noise = torch.rand(2, 3, 112, 112) * 2 - 1
     resampled = F.interpolate(
         F.interpolate((noise + 1) / 2, scale_factor=8, mode="bilinear", align_corners=True),
-        size=(112, 112), mode="bilinear", align_corners=True)
+        size=(112, 112),
+        mode="bilinear",
+        align_corners=True,
+    )
     assert (freq.decode(freq.encode(noise)) - resampled).abs().max() < 1e-4
 
 

@@ -22,6 +22,14 @@ from ppfr.errors import (  # noqa: E402
 from ppfr.methods import Method, create, list_methods, load  # noqa: E402
 
 __all__ = [
-    "CheckpointError", "DataError", "InputError", "Method", "PPFRError", "UnknownNameError",
-    "__version__", "create", "list_methods", "load",
+    "CheckpointError",
+    "DataError",
+    "InputError",
+    "Method",
+    "PPFRError",
+    "UnknownNameError",
+    "__version__",
+    "create",
+    "list_methods",
+    "load",
 ]

@@ -1,10 +1,10 @@
 """The ``ppfr`` command line.
 
-    ppfr demo                              # train + evaluate on bundled ORL faces
-    ppfr train CONFIG.toml [--resume]      # train any method (torchrun for DDP)
-    ppfr protect --model DIR IMG... --out DIR
-    ppfr embed   --model DIR IMG... --out FILE.npy
-    ppfr methods                           # registered methods and backbones
+ppfr demo                              # train + evaluate on bundled ORL faces
+ppfr train CONFIG.toml [--resume]      # train any method (torchrun for DDP)
+ppfr protect --model DIR IMG... --out DIR
+ppfr embed   --model DIR IMG... --out FILE.npy
+ppfr methods                           # registered methods and backbones
 """
 
 from __future__ import annotations
@@ -23,8 +23,11 @@ import ppfr
 from ppfr._cli import friendly
 from ppfr.errors import InputError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="ppfr: privacy-preserving face recognition (MinusFace and peers).")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="ppfr: privacy-preserving face recognition (MinusFace and peers).",
+)
 console = Console(soft_wrap=True)
 
 
@@ -62,8 +65,10 @@ def train(
     if out:
         cfg.out = out
     model = Trainer(cfg).fit(resume=resume)
-    console.print(f"[green]done[/green]: model bundle in {Path(cfg.out) / 'model'} "
-                  f"({model.name}, client fingerprint {model.fingerprint()[:12]})")
+    console.print(
+        f"[green]done[/green]: model bundle in {Path(cfg.out) / 'model'} "
+        f"({model.name}, client fingerprint {model.fingerprint()[:12]})"
+    )
 
 
 def _read_faces(images: list[Path]) -> torch.Tensor:
@@ -76,7 +81,7 @@ def _read_faces(images: list[Path]) -> torch.Tensor:
 
 def _batches(x: torch.Tensor, size: int = 32):
     for i in range(0, len(x), size):
-        yield x[i:i + size]
+        yield x[i : i + size]
 
 
 @app.command()
@@ -113,8 +118,10 @@ def protect(
     for name, rep in zip(names, reps, strict=True):
         np.save(out / f"{name}.npy", rep.numpy())
         save_image(to_uint8(rep[:3], (lo, hi)), out / f"{name}.png")
-    console.print(f"protected {len(names)} face(s) with {client.name} -> {out} "
-                  f"(representation {tuple(reps.shape[1:])}, {reps[0].numel() * 4:,} bytes)")
+    console.print(
+        f"protected {len(names)} face(s) with {client.name} -> {out} "
+        f"(representation {tuple(reps.shape[1:])}, {reps[0].numel() * 4:,} bytes)"
+    )
 
 
 @app.command()
@@ -147,17 +154,34 @@ def demo(
     """Train on ORL's training identities, verify on held-out identities, print the table."""
     from ppfr.demo import run_demo
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    results = run_demo(out, tuple(m.strip() for m in methods.split(",") if m.strip()),
-                       epoch_scale=epochs, seed=seed, log=console.print)
+    results = run_demo(
+        out,
+        tuple(m.strip() for m in methods.split(",") if m.strip()),
+        epoch_scale=epochs,
+        seed=seed,
+        log=console.print,
+    )
     table = Table(title="ORL, held-out identities (open-set verification, 10 folds)")
-    for col in ("method", "accuracy %", "AUC", "train s", "protect ms/img", "embed ms/img",
-                "bytes/face"):
+    for col in (
+        "method",
+        "accuracy %",
+        "AUC",
+        "train s",
+        "protect ms/img",
+        "embed ms/img",
+        "bytes/face",
+    ):
         table.add_column(col, justify="right")
     for name, r in results["methods"].items():
-        table.add_row(name, f"{100 * r['accuracy']:.2f} ± {100 * r['std']:.2f}",
-                      f"{r['auc']:.4f}", f"{r['train_seconds']:.0f}", f"{r['protect_ms']:.2f}",
-                      f"{r['embed_ms']:.2f}", f"{r['bytes_sent']:,}")
+        table.add_row(
+            name,
+            f"{100 * r['accuracy']:.2f} ± {100 * r['std']:.2f}",
+            f"{r['auc']:.4f}",
+            f"{r['train_seconds']:.0f}",
+            f"{r['protect_ms']:.2f}",
+            f"{r['embed_ms']:.2f}",
+            f"{r['bytes_sent']:,}",
+        )
     console.print(table)
     console.print(f"results: {out / 'results.json'}, {out / 'results.md'}")
 

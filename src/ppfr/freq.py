@@ -20,11 +20,13 @@ commutes with the resampling because each interpolation row sums to one)
    \qquad W_u[I, k] = \sum_a D[u, a]\, U[8I + a, k]
 
 with :math:`U` the 896x112 upsampling matrix and :math:`D` the 8x8 DCT matrix. One block row
-``8I..8I+7`` of the upsampled image interpolates only 2-3 neighbouring input rows, so
-:math:`W_u` is banded: ``encode`` gathers those few rows (then columns) and contracts a
-band of width 3 instead of ever building the 3x896x896 image. ``decode`` is the same with
-the 112x896 downsampling matrix, whose rows touch at most two 8-pixel blocks.
-The cost is a handful of passes over the 192x112x112 output (see ``docs/benchmarks.md``).
+``8I..8I+7`` of the upsampled image interpolates only input rows ``I-1..I+1``, so
+:math:`W_u` is a band of width 3: ``encode`` applies it to rows (small), then writes the
+output with three multiply-adds of shifted column windows, never building the 3x896x896
+image. ``decode`` runs the inverse DCT along ``u`` for all blocks as one matrix product,
+then keeps only the two upsampled rows each output row interpolates (and the same for
+columns). Both cost a few passes over the 192x112x112 coefficients
+(see ``docs/benchmarks.md``).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import math
 from functools import cache, lru_cache
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ppfr.errors import InputError
@@ -110,51 +113,43 @@ def dct_matrix(n: int = SCALE, dtype: torch.dtype = torch.float64) -> Tensor:
 
 def resize_matrix(n_in: int, n_out: int) -> Tensor:
     """(n_out, n_in) matrix of 1-D bilinear resampling with ``align_corners=True``."""
+    idx, w = _taps(n_in, n_out)
     m = torch.zeros(n_out, n_in, dtype=torch.float64)
+    return m.index_put_((torch.arange(n_out)[:, None].expand_as(idx), idx), w, accumulate=True)
+
+
+def _taps(n_in: int, n_out: int) -> tuple[Tensor, Tensor]:
+    """Bilinear ``align_corners=True`` taps: output i reads inputs ``idx[i]`` with ``w[i]``."""
     pos = torch.arange(n_out, dtype=torch.float64) * (n_in - 1) / (n_out - 1)
     lo = pos.floor().long().clamp(max=n_in - 1)
-    hi = (lo + 1).clamp(max=n_in - 1)
-    w = pos - lo
-    rows = torch.arange(n_out)
-    m.index_put_((rows, lo), 1 - w, accumulate=True)
-    m.index_put_((rows, hi), w, accumulate=True)
-    return m
+    frac = pos - lo
+    return torch.stack([lo, (lo + 1).clamp(max=n_in - 1)], 1), torch.stack([1 - frac, frac], 1)
 
 
-def _band(dense: Tensor, width: int) -> tuple[Tensor, Tensor]:
-    """Compress ``dense[r, f, k]`` (non-zero for few consecutive k per r) to a band.
-
-    Returns ``(start[r], band[r, f, t])`` with ``dense[r, f, start[r] + t] == band[r, f, t]``.
-    """
-    nz = dense.abs().sum(1) > 0  # (R, K)
-    first = nz.float().argmax(1)
-    last = nz.shape[1] - 1 - nz.flip(1).float().argmax(1)
-    if int((last - first).max()) >= width:
-        raise AssertionError("band wider than expected")  # construction invariant
-    start = first.clamp(max=dense.shape[2] - width)
-    idx = start[:, None] + torch.arange(width)
-    band = torch.gather(dense, 2, idx[:, None, :].expand(-1, dense.shape[1], -1))
-    return start, band
-
-
-@cache
+@lru_cache(maxsize=None)
 def _bases_cpu64() -> dict[str, Tensor]:
     d = dct_matrix()
-    up = resize_matrix(SIZE, SIZE * SCALE)  # (896, 112)
-    down = resize_matrix(SIZE * SCALE, SIZE)  # (112, 896)
-    # encode: W[I, u, k] = sum_a D[u, a] U[8I + a, k]
-    w = torch.einsum("ua,iak->iuk", d, up.view(SIZE, SCALE, SIZE))
-    enc_start, enc_band = _band(w, 3)  # (112,), (112, 8, 3)
-    # decode: V[k, u, I] = sum_a Dn[k, 8I + a] D[u, a]
-    v = torch.einsum("kia,ua->kui", down.view(SIZE, SIZE, SCALE), d)
-    dec_start, dec_band = _band(v, 2)  # (112,), (112, 8, 2)
+    # encode: W[I, u, k] = sum_a D[u, a] U[8I + a, k]. Block row I reads input rows
+    # I-1..I+1 only, so with one zero row of padding on each side the band of block I
+    # starts at padded row I: band[I, u, t] = W[I, u, I - 1 + t].
+    up = resize_matrix(SIZE, SIZE * SCALE)
+    w = torch.nn.functional.pad(torch.einsum("ua,iak->iuk", d, up.view(SIZE, SCALE, SIZE)), (1, 1))
+    window = torch.arange(SIZE)[:, None] + torch.arange(3)
+    band = torch.gather(w, 2, window[:, None, :].expand(-1, SCALE, -1))
+    if not torch.allclose(band.abs().sum(), w.abs().sum()):
+        raise AssertionError("encode band misses weights")  # construction invariant
+    # decode: output pixel k reads upsampled pixels taps[k] = (m, m + 1) with weights;
+    # pixel m is row m % 8 of block m // 8
+    taps, tap_w = _taps(SIZE * SCALE, SIZE)
     m = torch.tensor(_RGB_TO_YCC, dtype=torch.float64)
     shift = torch.tensor(_YCC_SHIFT, dtype=torch.float64)
     return {
-        "enc_idx": (enc_start[:, None] + torch.arange(3)).reshape(-1),
-        "enc_band": enc_band,
-        "dec_idx": (dec_start[:, None] + torch.arange(2)).reshape(-1),
-        "dec_band": dec_band,
+        "enc_band": band,  # (I, u, t)
+        "enc_cols": band.permute(2, 1, 0).contiguous(),  # (t, v, J)
+        "idct": d.t().contiguous(),  # (a, u): pixel row a of a block from its coefficients
+        "dec_block": taps.reshape(-1) // SCALE,
+        "dec_offset": taps.reshape(-1) % SCALE,
+        "dec_w": tap_w,  # (k, 2)
         # x in [-1, 1] -> YCbCr - 128 in one affine step: 127.5 * M (x + 1) + shift
         "ycc_w": 127.5 * m,
         "ycc_b": 127.5 * m.sum(1) + shift,
@@ -211,14 +206,22 @@ def encode(x: Tensor, *, check_range: bool = True) -> Tensor:
     with torch.autocast(x.device.type, enabled=False):
         b = _bases(x.device, x.dtype)
         n = x.shape[0]
-        # colour first, at 112x112: (B, 3, 112, 112) YCbCr - 128
+        # colour first, at 112x112: YCbCr - 128
         c = torch.einsum("oc,bchw->bohw", b["ycc_w"], x) + b["ycc_b"].view(1, 3, 1, 1)
-        # rows: t1[b, c, I, u, l] = sum_t band[I, u, t] * c[b, c, start[I] + t, l]
-        rows = c.index_select(2, b["enc_idx"]).view(n, 3, SIZE, 3, SIZE)
-        t1 = torch.einsum("iut,bcitl->bcuil", b["enc_band"], rows)
-        # columns: out[b, c, u, v, I, J] = sum_t band[J, v, t] * t1[b, c, u, I, start[J] + t]
-        cols = t1.index_select(4, b["enc_idx"]).view(n, 3, SCALE, SIZE, SIZE, 3)
-        out = torch.einsum("jvt,bcuijt->bcuvij", b["enc_band"], cols)
+        # rows: t1[b, c, u, I, l] = sum_t band[I, u, t] * c_padded[b, c, I + t, l]
+        rows = F.pad(c, (0, 0, 1, 1)).unfold(2, 3, 1)  # (B, 3, I, l, t), a view
+        t1 = F.pad(torch.einsum("iut,bcilt->bcuil", b["enc_band"], rows), (1, 1))
+        t1 = t1[:, :, :, None]  # (B, 3, u, 1, I, 114): broadcast over v
+        # columns: out[b, c, u, v, I, J] = sum_t band[J, v, t] * t1_padded[b, c, u, I, J + t];
+        # three multiply-adds that each write the output once, in its final layout
+        w = [b["enc_cols"][t][:, None, :] for t in range(3)]  # (v, 1, J)
+        taps = [t1[..., t : t + SIZE] for t in range(3)]
+        if torch.is_grad_enabled() and (x.requires_grad or t1.requires_grad):
+            out = taps[0] * w[0] + taps[1] * w[1] + taps[2] * w[2]
+        else:
+            out = torch.empty(n, 3, SCALE, SCALE, SIZE, SIZE, dtype=x.dtype, device=x.device)
+            torch.mul(taps[0], w[0], out=out)
+            out.addcmul_(taps[1], w[1]).addcmul_(taps[2], w[2])
     return out.reshape(n, NUM_CHANNELS, SIZE, SIZE)
 
 
@@ -241,14 +244,16 @@ def decode(f: Tensor) -> Tensor:
     with torch.autocast(f.device.type, enabled=False):
         b = _bases(f.device, f.dtype)
         n = f.shape[0]
-        coef = f.view(n, 3, SCALE, SCALE, SIZE, SIZE)  # b, c, u, v, I, J
-        # columns: q[b, c, u, I, l] = sum_{t, v} band[l, v, t] * coef[b, c, u, v, I, start[l] + t]
-        cols = coef.index_select(5, b["dec_idx"]).view(n, 3, SCALE, SCALE, SIZE, SIZE, 2)
-        q = torch.einsum("lvt,bcuvilt->bcuil", b["dec_band"], cols)
-        # rows: y[b, c, k, l] = sum_{t, u} band[k, u, t] * q[b, c, u, start[k] + t, l]
-        rows = q.index_select(3, b["dec_idx"]).view(n, 3, SCALE, SIZE, 2, SIZE)
-        y = torch.einsum("kut,bcuktl->bckl", b["dec_band"], rows)
-        y = y - b["rgb_shift"].view(1, 3, 1, 1)
+        blk, off, w = b["dec_block"], b["dec_offset"], b["dec_w"]
+        # inverse DCT along u for every block at once: one GEMM, (a, u) @ (u, v*I*J)
+        r = torch.matmul(b["idct"], f.reshape(n, 3, SCALE, SCALE * SIZE * SIZE)).view(n, 3, SCALE, SCALE, SIZE, SIZE)
+        # downsample rows: pixel row k mixes rows (block, offset) of its two taps
+        rows = r[:, :, off, :, blk, :]  # (2*112, B, 3, v, J)
+        rows = (rows.view(SIZE, 2, n, 3, SCALE, SIZE) * w.view(SIZE, 2, 1, 1, 1, 1)).sum(1)
+        # the same along columns: inverse DCT along v, then the two column taps
+        cols = torch.matmul(b["idct"], rows)[..., off, blk]  # (k, B, 3, 2*112)
+        y = (cols.view(SIZE, n, 3, SIZE, 2) * w.view(1, 1, 1, SIZE, 2)).sum(-1)
+        y = y.permute(1, 2, 0, 3) - b["rgb_shift"].view(1, 3, 1, 1)
         rgb = torch.einsum("oc,bchw->bohw", b["rgb_w"], y)
     return rgb.clamp(0.0, 1.0)
 

@@ -95,7 +95,9 @@ def test_embed_rejects_bad_representation(name):
 
 
 def test_unknown_method_and_setting():
-    with pytest.raises(UnknownNameError, match="unknown method 'minusfase'.*Did you mean 'minusface'"):
+    with pytest.raises(
+        UnknownNameError, match="unknown method 'minusfase'.*Did you mean 'minusface'"
+    ):
         ppfr.create("minusfase")
     with pytest.raises(InputError, match="unknown minusface setting"):
         ppfr.create("minusface", generator_widht=3)
@@ -121,6 +123,8 @@ def test_missing_and_corrupt_bundles(tmp_path):
 def test_weights_of_another_config_are_refused(tmp_path):
     _model("minusface").save(tmp_path / "b")
     manifest = (tmp_path / "b" / "ppfr.toml").read_text()
-    (tmp_path / "b" / "ppfr.toml").write_text(manifest.replace("generator_width = 4", "generator_width = 8"))
+    (tmp_path / "b" / "ppfr.toml").write_text(
+        manifest.replace("generator_width = 4", "generator_width = 8")
+    )
     with pytest.raises(CheckpointError, match="do not match the model config"):
         ppfr.load(tmp_path / "b")

@@ -17,12 +17,17 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _cfg(tmp_path, method="minusface", **optim):
-    return TrainConfig.from_dict({
-        "method": method, "out": str(tmp_path / method), "seed": 3,
-        "model": {**TINY_CONFIGS[method], "train_repeats": 2} if method == "minusface"
-        else TINY_CONFIGS[method],
-        "optim": {"epochs": 2, "batch_size": 8, "lr": 0.01, "milestones": [1], **optim},
-    })
+    return TrainConfig.from_dict(
+        {
+            "method": method,
+            "out": str(tmp_path / method),
+            "seed": 3,
+            "model": {**TINY_CONFIGS[method], "train_repeats": 2}
+            if method == "minusface"
+            else TINY_CONFIGS[method],
+            "optim": {"epochs": 2, "batch_size": 8, "lr": 0.01, "milestones": [1], **optim},
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +59,12 @@ def test_config_errors(tmp_path):
 def _weights(out: Path) -> dict[str, torch.Tensor]:
     w = {}
     for part in ("client", "server", "train"):
-        w.update({f"{part}.{k}": v for k, v in
-                  load_file(str(out / "checkpoint" / f"{part}.safetensors")).items()})
+        w.update(
+            {
+                f"{part}.{k}": v
+                for k, v in load_file(str(out / "checkpoint" / f"{part}.safetensors")).items()
+            }
+        )
     return w
 
 
@@ -106,8 +115,9 @@ def test_resume_after_a_real_interruption(tmp_path, small):
     t._save_checkpoint = save_then_die
     with pytest.raises(KeyboardInterrupt):
         t.fit()
-    Trainer(_cfg(tmp_path / "y", method="arcface", epochs=3), dataset=small,
-            progress=False).fit(resume=True)
+    Trainer(_cfg(tmp_path / "y", method="arcface", epochs=3), dataset=small, progress=False).fit(
+        resume=True
+    )
     got = _weights(Path(cfg2.out))
     for k in expected:
         assert torch.equal(expected[k], got[k]), k
@@ -166,9 +176,19 @@ def test_ddp_two_cpu_processes(tmp_path):
     script.write_text(DDP_SCRIPT.format(root=str(ROOT), out=str(tmp_path / "run")))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-         "--master_port=29533", str(script)],
-        capture_output=True, text=True, timeout=240, env=env, cwd=ROOT,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            "--master_port=29533",
+            str(script),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=env,
+        cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("ok") == 2

@@ -3,10 +3,14 @@
 400 grayscale 92x112 images, 40 people x 10 (folders ``s1``..``s40``; the folder is the
 identity). Research use with acknowledgement of AT&T Laboratories Cambridge.
 
-How a 92x112 grayscale image becomes a ppfr face (3, 112, 112): the grey level is copied
-into R, G and B, and the 92-pixel width is padded to 112 by repeating the outermost
-column 10 times on each side. Nothing is resampled, so the face keeps its scale; ORL faces
-are roughly centred and frontal but not aligned to the 5-point template.
+How a 92x112 grayscale image becomes a ppfr face (3, 112, 112); the grey level is copied
+into R, G and B, then either
+
+- ``aligned=True`` (the default for training and the demo): YuNet finds the five landmarks
+  and the face is warped to the standard 112x112 template (:func:`ppfr.align.aligned_orl`),
+  the same convention as every aligned face dataset; or
+- ``aligned=False``: the 92-pixel width is padded to 112 by repeating the outermost column
+  10 times on each side. Nothing is resampled; the face is centred but not aligned.
 """
 
 from __future__ import annotations
@@ -45,18 +49,28 @@ def orl_image(path: Path) -> np.ndarray:
     return np.pad(img, ((0, 0), (pad // 2, pad - pad // 2), (0, 0)), mode="edge")
 
 
-def load_orl(identities: list[int] | None = None) -> TensorFaces:
+def load_orl(identities: list[int] | None = None, aligned: bool = False) -> TensorFaces:
     """Load ORL faces (all 40 people, or the given 1-based subject numbers).
 
     Labels are renumbered 0..K-1 in the order of ``identities``; ``classes`` keeps the
-    folder names (``"s7"``...).
+    folder names (``"s7"``...). ``aligned`` picks YuNet alignment over padding (see above).
     """
     root = orl_root()
     ids = list(identities) if identities is not None else list(range(1, NUM_IDENTITIES + 1))
+    if aligned:
+        from ppfr.align import aligned_orl
+
+        all_faces, _ = aligned_orl()  # subject s, image k at index (s-1)*10 + k-1
     faces, labels = [], []
     for label, subject in enumerate(ids):
+        if not 1 <= subject <= NUM_IDENTITIES:
+            raise DataError(f"ORL has subjects 1..{NUM_IDENTITIES}, got {subject}")
         for k in range(1, IMAGES_PER_IDENTITY + 1):
-            faces.append(to_tensor(orl_image(root / f"s{subject}" / f"{k}.pgm")))
+            if aligned:
+                img = all_faces[(subject - 1) * IMAGES_PER_IDENTITY + k - 1]
+            else:
+                img = orl_image(root / f"s{subject}" / f"{k}.pgm")
+            faces.append(to_tensor(img))
             labels.append(label)
     return TensorFaces(torch.stack(faces), labels, classes=[f"s{i}" for i in ids])
 

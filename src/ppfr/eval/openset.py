@@ -30,8 +30,9 @@ def evaluate_open_set(
 ) -> tuple[VerificationResult, np.ndarray]:
     """Verification result and the per-image embeddings of ``dataset`` (held-out identities)."""
     gen = torch.Generator(device=model.device).manual_seed(seed)
-    emb = flip_sum_embeddings(model, dataset_faces(dataset), batch_size=batch_size,
-                              generator=gen, progress=progress)
+    emb = flip_sum_embeddings(
+        model, dataset_faces(dataset), batch_size=batch_size, generator=gen, progress=progress
+    )
     a, b, issame = make_open_set_pairs(dataset.labels, seed=seed)
     dist = ((emb[a] - emb[b]) ** 2).sum(1)
     return verification_protocol(dist, issame, name="open-set"), emb

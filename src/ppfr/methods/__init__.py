@@ -64,7 +64,9 @@ def create(method: str, *, parts: tuple[str, ...] = PARTS, **config: Any) -> Met
     return cls(cfg, parts=parts)
 
 
-def load(directory: str | os.PathLike, part: str | None = None, map_location: str = "cpu") -> Method:
+def load(
+    directory: str | os.PathLike, part: str | None = None, map_location: str = "cpu"
+) -> Method:
     """Load a bundle written by :meth:`Method.save`.
 
     ``part`` is ``"client"``, ``"server"``, or None for every part the bundle holds.

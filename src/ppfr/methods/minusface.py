@@ -97,8 +97,11 @@ class MinusFaceClient(nn.Module):
         super().__init__()
         self.shuffles = cfg.shuffles
         self.generator = create_generator(
-            cfg.generator, in_channels=freq.NUM_CHANNELS, out_channels=freq.NUM_CHANNELS,
-            width=cfg.generator_width, input_scale=cfg.coef_scale,
+            cfg.generator,
+            in_channels=freq.NUM_CHANNELS,
+            out_channels=freq.NUM_CHANNELS,
+            width=cfg.generator_width,
+            input_scale=cfg.coef_scale,
         )
 
     def regenerate(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -156,14 +159,18 @@ class MinusFace(Method):
         return MinusFaceClient(self.config)
 
     def build_server(self) -> nn.Module:
-        return nn.ModuleDict({"recognizer": build_recognizer(self.config, 3 * self.config.shuffles)})
+        return nn.ModuleDict(
+            {"recognizer": build_recognizer(self.config, 3 * self.config.shuffles)}
+        )
 
     def build_train(self) -> nn.Module:
-        return nn.ModuleDict({
-            "recognizer": build_recognizer(self.config, freq.NUM_CHANNELS),  # f, stage 1
-            "head": build_head(self.config),
-            "protected_head": build_head(self.config),  # f_p's head, stage 2
-        })
+        return nn.ModuleDict(
+            {
+                "recognizer": build_recognizer(self.config, freq.NUM_CHANNELS),  # f, stage 1
+                "head": build_head(self.config),
+                "protected_head": build_head(self.config),  # f_p's head, stage 2
+            }
+        )
 
     @property
     def representation_shape(self) -> tuple[int, ...]:
@@ -191,15 +198,23 @@ class MinusFace(Method):
             _Stage1(self),
             [
                 {"params": list(client.parameters()), "lr_scale": cfg.generator_lr_scale},
-                {"params": list(train["recognizer"].parameters()) + list(train["head"].parameters()),
-                 "lr_scale": 1.0},
+                {
+                    "params": list(train["recognizer"].parameters())
+                    + list(train["head"].parameters()),
+                    "lr_scale": 1.0,
+                },
             ],
         )
         stage2 = Stage(
             "protected",
             RecognizerStep(_ProtectForTraining(client), recognizer_p, train["protected_head"]),
-            [{"params": list(recognizer_p.parameters()) + list(train["protected_head"].parameters()),
-              "lr_scale": 1.0}],
+            [
+                {
+                    "params": list(recognizer_p.parameters())
+                    + list(train["protected_head"].parameters()),
+                    "lr_scale": 1.0,
+                }
+            ],
             frozen=[client],
             repeats=cfg.train_repeats,
         )

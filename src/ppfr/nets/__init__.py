@@ -34,6 +34,14 @@ def list_heads() -> list[str]:
 
 
 __all__ = [
-    "ArcFaceHead", "CosFaceHead", "IResNet", "MarginHead", "UNet", "create_backbone",
-    "create_generator", "create_head", "list_backbones", "list_heads",
+    "ArcFaceHead",
+    "CosFaceHead",
+    "IResNet",
+    "MarginHead",
+    "UNet",
+    "create_backbone",
+    "create_generator",
+    "create_head",
+    "list_backbones",
+    "list_heads",
 ]

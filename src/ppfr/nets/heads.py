@@ -57,8 +57,9 @@ class MarginHead(nn.Module):
 class ArcFaceHead(MarginHead):
     """Additive angular margin (ArcFace, s=64, m=0.5)."""
 
-    def __init__(self, embedding_size: int, num_classes: int, scale: float = 64.0,
-                 margin: float = 0.5) -> None:
+    def __init__(
+        self, embedding_size: int, num_classes: int, scale: float = 64.0, margin: float = 0.5
+    ) -> None:
         super().__init__(embedding_size, num_classes, scale)
         self.m = margin
 
@@ -73,8 +74,9 @@ class ArcFaceHead(MarginHead):
 class CosFaceHead(MarginHead):
     """Additive cosine margin (CosFace, s=64, m=0.4)."""
 
-    def __init__(self, embedding_size: int, num_classes: int, scale: float = 64.0,
-                 margin: float = 0.4) -> None:
+    def __init__(
+        self, embedding_size: int, num_classes: int, scale: float = 64.0, margin: float = 0.4
+    ) -> None:
         super().__init__(embedding_size, num_classes, scale)
         self.m = margin
 

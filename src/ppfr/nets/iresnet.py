@@ -16,7 +16,12 @@ from torch import Tensor, nn
 from ppfr.errors import InputError
 from ppfr.nets._registries import BACKBONES
 
-DEPTHS = {"ir18": [2, 2, 2, 2], "ir34": [3, 4, 6, 3], "ir50": [3, 4, 14, 3], "ir100": [3, 13, 30, 3]}
+DEPTHS = {
+    "ir18": [2, 2, 2, 2],
+    "ir34": [3, 4, 6, 3],
+    "ir50": [3, 4, 14, 3],
+    "ir100": [3, 13, 30, 3],
+}
 
 
 class IRBlock(nn.Module):

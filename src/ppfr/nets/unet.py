@@ -47,8 +47,13 @@ class UNet(nn.Module):
         torch.Size([1, 192, 112, 112])
     """
 
-    def __init__(self, in_channels: int = 192, out_channels: int = 192, width: int = 32,
-                 input_scale: float = 1.0) -> None:
+    def __init__(
+        self,
+        in_channels: int = 192,
+        out_channels: int = 192,
+        width: int = 32,
+        input_scale: float = 1.0,
+    ) -> None:
         super().__init__()
         w = [width * k for k in (1, 2, 4, 8, 16)]
         self.in_channels = in_channels

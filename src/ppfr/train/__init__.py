@@ -3,5 +3,12 @@
 from ppfr.train.config import DataConfig, OptimConfig, StageConfig, TrainConfig
 from ppfr.train.engine import Trainer, train, training_data
 
-__all__ = ["DataConfig", "OptimConfig", "StageConfig", "TrainConfig", "Trainer", "train",
-           "training_data"]
+__all__ = [
+    "DataConfig",
+    "OptimConfig",
+    "StageConfig",
+    "TrainConfig",
+    "Trainer",
+    "train",
+    "training_data",
+]

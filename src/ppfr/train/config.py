@@ -11,7 +11,8 @@ Example ``configs/minusface-orl.toml``::
     backbone_width = 0.25
 
     [data]
-    source = "orl"          # "orl", a folder of identity sub-folders, or a train.rec
+    source = "orl"          # "orl" (YuNet-aligned), "orl-padded", a folder of identity
+                            # sub-folders, or a train.rec
     test_identities = 10    # ORL only: identities held out of training
 
     [optim]
@@ -122,7 +123,9 @@ def _build(cls, values: dict[str, Any], where: str):
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
     if unknown:
-        raise InputError(f"unknown key(s) {unknown} in [{where}]; valid: {', '.join(sorted(names))}")
+        raise InputError(
+            f"unknown key(s) {unknown} in [{where}]; valid: {', '.join(sorted(names))}"
+        )
     return cls(**values)
 
 

@@ -79,9 +79,10 @@ def training_data(cfg: TrainConfig) -> FaceDataset:
     """The training split described by ``cfg.data``."""
     from ppfr.data import orl
 
-    if cfg.data.source.lower() == "orl":
+    source = cfg.data.source.lower()
+    if source in ("orl", "orl-padded"):
         train_ids, _ = orl.split_identities(cfg.data.test_identities, cfg.data.split_seed)
-        return orl.load_orl(train_ids)
+        return orl.load_orl(train_ids, aligned=source == "orl")
     from ppfr.data.open import open_source
 
     data = open_source(cfg.data.source)
@@ -93,11 +94,13 @@ def training_data(cfg: TrainConfig) -> FaceDataset:
 class Trainer:
     """Runs a :class:`TrainConfig`. ``Trainer(cfg).fit(resume=True)`` continues a run."""
 
-    def __init__(self, cfg: TrainConfig, dataset: FaceDataset | None = None,
-                 progress: bool = True) -> None:
+    def __init__(
+        self, cfg: TrainConfig, dataset: FaceDataset | None = None, progress: bool = True
+    ) -> None:
         self.cfg = cfg
-        self.dist = _setup_distributed(cfg.device if cfg.device != "auto" else
-                                       ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.dist = _setup_distributed(
+            cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        )
         self.device = _resolve_device(cfg.device, self.dist)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
@@ -105,8 +108,9 @@ class Trainer:
         self.progress = progress and self.dist.main
         self.dataset = dataset if dataset is not None else training_data(cfg)
         torch.manual_seed(_derive_seed(cfg.seed, "init"))  # same initial weights on every rank
-        self.model: Method = ppfr.create(cfg.method, num_classes=self.dataset.num_classes,
-                                         **cfg.model).to(self.device)
+        self.model: Method = ppfr.create(
+            cfg.method, num_classes=self.dataset.num_classes, **cfg.model
+        ).to(self.device)
         self.history: list[dict] = []
 
     # ---- checkpoints
@@ -120,12 +124,17 @@ class Trainer:
         tmp = self.out / "checkpoint.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         self.model.save(tmp, parts=PARTS)
-        torch.save({
-            "stage": stage, "epoch": epoch,  # the next epoch to run
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict() if scaler is not None else None,
-            "config": self.cfg.to_dict(),
-        }, tmp / STATE_FILE)
+        torch.save(
+            {
+                "stage": stage,
+                "epoch": epoch,  # the next epoch to run
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else None,
+                "config": self.cfg.to_dict(),
+            },
+            tmp / STATE_FILE,
+        )
         old = self.out / "checkpoint.old"
         shutil.rmtree(old, ignore_errors=True)
         if self.checkpoint_dir.exists():
@@ -137,8 +146,9 @@ class Trainer:
         ckpt = self.checkpoint_dir
         manifest = read_manifest(ckpt)
         for part in PARTS:
-            load_into(self.model._part(part), load_part_state(ckpt, manifest, part),
-                      f"{ckpt}/{part}")
+            load_into(
+                self.model._part(part), load_part_state(ckpt, manifest, part), f"{ckpt}/{part}"
+            )
         try:
             return torch.load(ckpt / STATE_FILE, map_location=self.device, weights_only=True)
         except FileNotFoundError:
@@ -150,13 +160,21 @@ class Trainer:
     def _loader(self, stage_index: int, epoch: int, rep: int) -> DataLoader:
         seed = _derive_seed(self.cfg.seed, stage_index, epoch, rep)
         if self.dist.world > 1:
-            sampler = DistributedSampler(self.dataset, self.dist.world, self.dist.rank,
-                                         shuffle=True, seed=seed & 0x7FFFFFFF, drop_last=True)
+            sampler = DistributedSampler(
+                self.dataset,
+                self.dist.world,
+                self.dist.rank,
+                shuffle=True,
+                seed=seed & 0x7FFFFFFF,
+                drop_last=True,
+            )
         else:
             sampler = RandomSampler(self.dataset, generator=torch.Generator().manual_seed(seed))
         per_rank = len(self.dataset) // self.dist.world
         return DataLoader(
-            self.dataset, batch_size=self.cfg.optim.batch_size, sampler=sampler,
+            self.dataset,
+            batch_size=self.cfg.optim.batch_size,
+            sampler=sampler,
             num_workers=self.cfg.data.num_workers,
             drop_last=per_rank >= self.cfg.optim.batch_size,  # BN needs >1 sample
             pin_memory=self.device.type == "cuda",
@@ -197,8 +215,9 @@ class Trainer:
         for m in stage.frozen:
             m.requires_grad_(False)
         groups = [{"params": g["params"], "lr": lr * g["lr_scale"]} for g in stage.param_groups]
-        optimizer = torch.optim.SGD(groups, lr=lr, momentum=cfg.optim.momentum,
-                                    weight_decay=cfg.optim.weight_decay)
+        optimizer = torch.optim.SGD(
+            groups, lr=lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay
+        )
         scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, cfg.optim.gamma)
         autocast, scaler = self._amp()
         if state is not None:
@@ -218,8 +237,13 @@ class Trainer:
             t0, seen, sums, steps = time.perf_counter(), 0, {}, 0
             loaders = [self._loader(si, epoch, rep) for rep in range(stage.repeats)]
             total = sum(len(dl) for dl in loaders)
-            bar = tqdm(total=total, desc=f"{self.model.name} {stage.name} {epoch + 1}/{epochs}",
-                       disable=not self.progress, leave=False, dynamic_ncols=True)
+            bar = tqdm(
+                total=total,
+                desc=f"{self.model.name} {stage.name} {epoch + 1}/{epochs}",
+                disable=not self.progress,
+                leave=False,
+                dynamic_ncols=True,
+            )
             for loader in loaders:
                 for x, y in loader:
                     x = x.to(self.device, non_blocking=True)
@@ -246,15 +270,23 @@ class Trainer:
                     bar.update()
             bar.close()
             scheduler.step()
-            row = {"stage": stage.name, "epoch": epoch + 1, "steps": steps,
-                   "lr": optimizer.param_groups[-1]["lr"],
-                   "images_per_s": seen / max(time.perf_counter() - t0, 1e-9),
-                   **{k: v / max(steps, 1) for k, v in sums.items()}}
+            row = {
+                "stage": stage.name,
+                "epoch": epoch + 1,
+                "steps": steps,
+                "lr": optimizer.param_groups[-1]["lr"],
+                "images_per_s": seen / max(time.perf_counter() - t0, 1e-9),
+                **{k: v / max(steps, 1) for k, v in sums.items()},
+            }
             self.history.append(row)
             self._log(row)
-            self._save_checkpoint(si if epoch + 1 < epochs else si + 1,
-                                  epoch + 1 if epoch + 1 < epochs else 0,
-                                  optimizer, scheduler, scaler)
+            self._save_checkpoint(
+                si if epoch + 1 < epochs else si + 1,
+                epoch + 1 if epoch + 1 < epochs else 0,
+                optimizer,
+                scheduler,
+                scaler,
+            )
         for m in stage.frozen:
             m.requires_grad_(True)
 
@@ -271,12 +303,17 @@ class Trainer:
                 w.writeheader()
             w.writerow(row)
         if self.progress:
-            parts = " ".join(f"{k}={v:.4g}" for k, v in row.items()
-                             if isinstance(v, float) and k != "lr")
+            parts = " ".join(
+                f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float) and k != "lr"
+            )
             tqdm.write(f"[{self.model.name}] {row['stage']} epoch {row['epoch']}: {parts}")
 
 
-def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
-          dataset: FaceDataset | None = None) -> Method:
+def train(
+    cfg: TrainConfig,
+    resume: bool = False,
+    progress: bool = True,
+    dataset: FaceDataset | None = None,
+) -> Method:
     """Train ``cfg`` (resuming from ``cfg.out/checkpoint`` when asked) and return the model."""
     return Trainer(cfg, dataset=dataset, progress=progress).fit(resume=resume)

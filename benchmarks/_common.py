@@ -1,0 +1,48 @@
+"""Shared helpers for the benchmark scripts (timing, peak memory in a fresh process)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import torch
+
+
+def per_item_ms(fn, batch: int, repeats: int = 5, warmup: int = 1) -> float:
+    """Median wall time of ``fn()`` in milliseconds per item of a batch of ``batch``."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    times.sort()
+    return 1000 * times[len(times) // 2] / batch
+
+
+def peak_rss_mib(code: str) -> float:
+    """Peak RSS growth (MiB) of running ``code`` in a fresh Python after importing torch.
+
+    ``code`` runs after a baseline measurement, so imports do not count.
+    """
+    script = (
+        "import resource, torch, json\n"
+        "torch.set_num_threads(2)\n"
+        "def _kb(): return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        f"{code.split('#--run--')[0]}\n"
+        "base = _kb()\n"
+        f"{code.split('#--run--')[1]}\n"
+        "print(json.dumps((_kb() - base) / 1024))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    return float(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def machine() -> str:
+    import os
+    import platform
+
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"

@@ -1,0 +1,83 @@
+"""Speed and peak memory of ppfr.freq against the straightforward path.
+
+The straightforward path is the brief's recipe taken literally: upsample to 3x896x896
+(bilinear, align_corners=True), convert to YCbCr, unfold into 8x8 blocks and DCT each
+block as D B D^T. Run:  python benchmarks/bench_freq.py
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from _common import machine, peak_rss_mib, per_item_ms
+from ppfr import freq
+
+torch.set_num_threads(2)
+D = freq.dct_matrix(dtype=torch.float32)
+M = torch.tensor([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
+SHIFT = torch.tensor([-128.0, 0.0, 0.0]).view(1, 3, 1, 1)
+
+
+def straightforward_encode(x: torch.Tensor) -> torch.Tensor:
+    n = x.shape[0]
+    up = F.interpolate((x + 1) * 127.5, scale_factor=8, mode="bilinear", align_corners=True)
+    ycc = torch.einsum("oc,bchw->bohw", M, up) + SHIFT
+    blocks = F.unfold(ycc.reshape(n * 3, 1, 896, 896), 8, stride=8)  # (3n, 64, 12544)
+    blocks = blocks.transpose(1, 2).reshape(-1, 8, 8)
+    coef = D @ blocks @ D.T
+    return coef.view(n, 3, 112, 112, 64).permute(0, 1, 4, 2, 3).reshape(n, 192, 112, 112)
+
+
+def straightforward_decode(f: torch.Tensor) -> torch.Tensor:
+    n = f.shape[0]
+    coef = f.view(n, 3, 64, 112 * 112).transpose(2, 3).reshape(-1, 8, 8)
+    blocks = (D.T @ coef @ D).view(n * 3, 12544, 64).transpose(1, 2)
+    img = F.fold(blocks, (896, 896), 8, stride=8).view(n, 3, 896, 896) - SHIFT
+    rgb = torch.einsum("oc,bchw->bohw", torch.linalg.inv(M), img) / 255
+    return F.interpolate(rgb, size=(112, 112), mode="bilinear", align_corners=True).clamp(0, 1)
+
+
+def main() -> None:
+    x = torch.rand(4, 3, 112, 112) * 2 - 1
+    assert (straightforward_encode(x) - freq.encode(x)).abs().max() < 1e-2
+    f = freq.encode(x)
+    assert (straightforward_decode(f) - freq.decode(f)).abs().max() < 1e-4
+    print(f"machine: {machine()}\n")
+    print("| op | batch | straightforward ms/img | ppfr.freq ms/img | speed-up "
+          "| writing the output alone ms/img |")
+    print("|---|---|---|---|---|---|")
+    for batch in (1, 8, 32):
+        x = torch.rand(batch, 3, 112, 112) * 2 - 1
+        f = freq.encode(x)
+        write = per_item_ms(lambda b=batch: torch.empty(b, 192, 112, 112).fill_(1.0), batch)
+        for name, slow, fast, arg in (
+            ("encode", straightforward_encode, freq.encode, x),
+            ("decode", straightforward_decode, freq.decode, f),
+        ):
+            s = per_item_ms(lambda a=arg, fn=slow: fn(a), batch, repeats=3)
+            q = per_item_ms(lambda a=arg, fn=fast: fn(a), batch)
+            w = f"{write:.2f}" if name == "encode" else "-"
+            print(f"| {name} | {batch} | {s:.1f} | {q:.2f} | {s / q:.1f}x | {w} |")
+    print("\nPeak memory growth for one batch of 32 (fresh process, MiB):\n")
+    print("| op | straightforward | ppfr.freq | output tensor alone |")
+    print("|---|---|---|---|")
+    setup = (
+        "import sys; sys.path.insert(0, 'benchmarks')\n"
+        "from bench_freq import straightforward_encode, straightforward_decode\n"
+        "from ppfr import freq\n"
+        "x = torch.rand(32, 3, 112, 112) * 2 - 1\n"
+        "f = freq.encode(x)\n"
+    )
+    for name, slow, fast in (
+        ("encode", "straightforward_encode(x)", "freq.encode(x)"),
+        ("decode", "straightforward_decode(f)", "freq.decode(f)"),
+    ):
+        s = peak_rss_mib(setup + "#--run--\n" + slow)
+        q = peak_rss_mib(setup + "#--run--\n" + fast)
+        size = 32 * 192 * 112 * 112 * 4 / 2**20 if name == "encode" else 32 * 3 * 112 * 112 * 4 / 2**20
+        print(f"| {name} | {s:.0f} | {q:.0f} | {size:.1f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""The `ppfr` command line, end to end on real ORL faces and tiny models."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import ppfr
+import ppfr.demo
+from ppfr.cli import app
+from ppfr.data.images import save_image, to_uint8
+from tests.conftest import TINY, TINY_MINUSFACE
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "minusface"
+    ppfr.create("minusface", **TINY_MINUSFACE).save(path)
+    return path
+
+
+@pytest.fixture()
+def images(tmp_path, orl4):
+    paths = []
+    for i in (0, 10, 20):
+        p = tmp_path / f"face{i}.png"
+        save_image(to_uint8(orl4.faces[i]), p)
+        paths.append(p)
+    return paths
+
+
+def test_protect_writes_representations_and_views(bundle, images, tmp_path):
+    out = tmp_path / "out"
+    args = ["protect", *map(str, images), "--model", str(bundle), "--out", str(out), "--seed", "1"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    rep = np.load(out / "face0.npy")
+    assert rep.shape == (3, 112, 112) and 0 <= rep.min() and rep.max() <= 1
+    assert (out / "face0.png").is_file()
+    # never overwrites silently; with --overwrite and the same seed the output repeats
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2 and "outputs exist" in res.output
+    assert runner.invoke(app, [*args, "--overwrite"]).exit_code == 0
+    assert np.array_equal(np.load(out / "face0.npy"), rep)
+
+
+def test_embed_writes_one_row_per_image(bundle, images, tmp_path):
+    out = tmp_path / "emb.npy"
+    res = runner.invoke(app, ["embed", *map(str, images), "--model", str(bundle), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    emb = np.load(out)
+    assert emb.shape == (3, 64)
+    assert np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
+
+
+def test_bad_inputs_give_clear_errors(bundle, images, tmp_path):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG not really")
+    res = runner.invoke(app, ["protect", str(broken), "--model", str(bundle), "--out", str(tmp_path)])
+    assert res.exit_code == 2 and "broken.png" in res.output and "cannot read image" in res.output
+    big = tmp_path / "big.png"
+    save_image(np.zeros((120, 100, 3), np.uint8), big)
+    res = runner.invoke(app, ["protect", str(big), "--model", str(bundle), "--out", str(tmp_path)])
+    assert res.exit_code == 2 and "aligned 112x112" in res.output
+    res = runner.invoke(app, ["embed", str(images[0]), "--model", str(tmp_path / "nope"),
+                              "--out", str(tmp_path / "e.npy")])
+    assert res.exit_code == 2 and "no such model directory" in res.output
+    assert "Traceback" not in res.output
+
+
+def test_train_from_a_config_file(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(
+        'method = "arcface"\nout = "%s"\n[model]\nbackbone_width = 0.125\nembedding_size = 64\n'
+        '[data]\nsource = "orl-padded"\n[optim]\nepochs = 1\nbatch_size = 32\nmilestones = []\n'
+        % (tmp_path / "run")
+    )
+    res = runner.invoke(app, ["train", str(cfg)])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "run" / "model" / "ppfr.toml").is_file()
+    res = runner.invoke(app, ["train", str(tmp_path / "missing.toml")])
+    assert res.exit_code == 2 and "no such config" in res.output
+
+
+def test_demo_end_to_end(tmp_path, monkeypatch):
+    monkeypatch.setattr(ppfr.demo, "DEMO_MODELS", {
+        "arcface": TINY, "minusface": {**TINY_MINUSFACE, "train_repeats": 1}})
+    monkeypatch.setattr(ppfr.demo, "DEMO_EPOCHS", {
+        "arcface": {"recognizer": 1}, "minusface": {"residue": 1, "protected": 1}})
+    res = runner.invoke(app, ["demo", "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert set(results["methods"]) == {"arcface", "minusface"}
+    for r in results["methods"].values():
+        assert 0.4 < r["accuracy"] <= 1 and r["protect_ms"] > 0
+    assert not set(results["data"]["train_identities"]) & set(results["data"]["test_identities"])
+    assert "| minusface |" in (tmp_path / "results.md").read_text()
+    res = runner.invoke(app, ["demo", "--out", str(tmp_path), "--methods", "partialfac"])
+    assert res.exit_code == 2 and "no demo preset" in res.output
