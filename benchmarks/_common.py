@@ -10,7 +10,7 @@ import time
 import torch
 
 
-def per_item_ms(fn, batch: int, repeats: int = 5, warmup: int = 1) -> float:
+def per_item_ms(fn, batch: int, repeats: int = 7, warmup: int = 1) -> float:
     """Median wall time of ``fn()`` in milliseconds per item of a batch of ``batch``."""
     for _ in range(warmup):
         fn()
@@ -24,14 +24,16 @@ def per_item_ms(fn, batch: int, repeats: int = 5, warmup: int = 1) -> float:
 
 
 def peak_rss_mib(code: str) -> float:
-    """Peak RSS growth (MiB) of running ``code`` in a fresh Python after importing torch.
+    """Peak RSS growth (MiB) of ``code`` run in a fresh Python after importing torch.
 
     ``code`` runs after a baseline measurement, so imports do not count.
     """
     script = (
-        "import resource, torch, json\n"
+        "import torch, json\n"
         "torch.set_num_threads(2)\n"
-        "def _kb(): return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        # VmHWM, not ru_maxrss: the latter survives fork+exec and would report the parent's
+        "def _kb(): return int(next(l for l in open('/proc/self/status')"
+        " if l.startswith('VmHWM')).split()[1])\n"
         f"{code.split('#--run--')[0]}\n"
         "base = _kb()\n"
         f"{code.split('#--run--')[1]}\n"
@@ -45,4 +47,5 @@ def machine() -> str:
     import os
     import platform
 
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
+    cpu = platform.processor() or platform.machine()
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}"

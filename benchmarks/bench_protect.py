@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 
 import torch
+from _common import machine, per_item_ms
 
 import ppfr
-from _common import machine, per_item_ms
 from ppfr.data.orl import load_orl
 
 torch.set_num_threads(2)
@@ -63,11 +63,13 @@ def main() -> None:
     print(f"machine: {machine()}\n")
     latency([int(w) for w in args.widths.split(",")])
     demo = {"backbone_width": 0.25}
-    training({
-        "arcface, demo (IR-18 x0.25)": ("arcface", demo),
-        "minusface, demo (IR-18 x0.25, U-Net 8)": ("minusface", {**demo, "generator_width": 8}),
-        "minusface, default (IR-18, U-Net 16)": ("minusface", {}),
-    })
+    training(
+        {
+            "arcface, demo (IR-18 x0.25)": ("arcface", demo),
+            "minusface, demo (IR-18 x0.25, U-Net 8)": ("minusface", {**demo, "generator_width": 8}),
+            "minusface, default (IR-18, U-Net 16)": ("minusface", {}),
+        }
+    )
 
 
 if __name__ == "__main__":

@@ -51,7 +51,9 @@ def test_protect_writes_representations_and_views(bundle, images, tmp_path):
 
 def test_embed_writes_one_row_per_image(bundle, images, tmp_path):
     out = tmp_path / "emb.npy"
-    res = runner.invoke(app, ["embed", *map(str, images), "--model", str(bundle), "--out", str(out)])
+    res = runner.invoke(
+        app, ["embed", *map(str, images), "--model", str(bundle), "--out", str(out)]
+    )
     assert res.exit_code == 0, res.output
     emb = np.load(out)
     assert emb.shape == (3, 64)
@@ -61,14 +63,25 @@ def test_embed_writes_one_row_per_image(bundle, images, tmp_path):
 def test_bad_inputs_give_clear_errors(bundle, images, tmp_path):
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG not really")
-    res = runner.invoke(app, ["protect", str(broken), "--model", str(bundle), "--out", str(tmp_path)])
+    res = runner.invoke(
+        app, ["protect", str(broken), "--model", str(bundle), "--out", str(tmp_path)]
+    )
     assert res.exit_code == 2 and "broken.png" in res.output and "cannot read image" in res.output
     big = tmp_path / "big.png"
     save_image(np.zeros((120, 100, 3), np.uint8), big)
     res = runner.invoke(app, ["protect", str(big), "--model", str(bundle), "--out", str(tmp_path)])
     assert res.exit_code == 2 and "aligned 112x112" in res.output
-    res = runner.invoke(app, ["embed", str(images[0]), "--model", str(tmp_path / "nope"),
-                              "--out", str(tmp_path / "e.npy")])
+    res = runner.invoke(
+        app,
+        [
+            "embed",
+            str(images[0]),
+            "--model",
+            str(tmp_path / "nope"),
+            "--out",
+            str(tmp_path / "e.npy"),
+        ],
+    )
     assert res.exit_code == 2 and "no such model directory" in res.output
     assert "Traceback" not in res.output
 
@@ -88,10 +101,16 @@ def test_train_from_a_config_file(tmp_path):
 
 
 def test_demo_end_to_end(tmp_path, monkeypatch):
-    monkeypatch.setattr(ppfr.demo, "DEMO_MODELS", {
-        "arcface": TINY, "minusface": {**TINY_MINUSFACE, "train_repeats": 1}})
-    monkeypatch.setattr(ppfr.demo, "DEMO_EPOCHS", {
-        "arcface": {"recognizer": 1}, "minusface": {"residue": 1, "protected": 1}})
+    monkeypatch.setattr(
+        ppfr.demo,
+        "DEMO_MODELS",
+        {"arcface": TINY, "minusface": {**TINY_MINUSFACE, "train_repeats": 1}},
+    )
+    monkeypatch.setattr(
+        ppfr.demo,
+        "DEMO_EPOCHS",
+        {"arcface": {"recognizer": 1}, "minusface": {"residue": 1, "protected": 1}},
+    )
     res = runner.invoke(app, ["demo", "--out", str(tmp_path)])
     assert res.exit_code == 0, res.output
     results = json.loads((tmp_path / "results.json").read_text())

@@ -139,3 +139,25 @@ def test_encode_rejects_bad_input(bad, message):
 def test_decode_rejects_wrong_channels():
     with pytest.raises(InputError, match="192"):
         freq.decode(torch.zeros(1, 3, 112, 112))
+
+
+def test_encode_into_preallocated_output():
+    x = torch.rand(2, 3, 112, 112) * 2 - 1
+    buf = torch.empty(2, 192, 112, 112)
+    assert freq.encode(x, out=buf) is buf
+    assert torch.equal(buf, freq.encode(x))
+    with pytest.raises(InputError, match="out must be"):
+        freq.encode(x, out=torch.empty(3, 192, 112, 112))
+    with pytest.raises(InputError, match="requires grad"):
+        freq.encode(x.requires_grad_(), out=buf)
+
+
+def test_first_use_under_inference_mode_does_not_break_autograd():
+    freq._bases.cache_clear()
+    freq._bases_cpu64.cache_clear()
+    x = torch.rand(1, 3, 112, 112) * 2 - 1
+    with torch.inference_mode():
+        freq.decode(freq.encode(x))
+    y = x.clone().requires_grad_()
+    freq.decode(freq.encode(y)).sum().backward()
+    assert y.grad is not None and torch.isfinite(y.grad).all()

@@ -33,9 +33,12 @@ console = Console(soft_wrap=True)
 
 def _mount() -> None:
     from ppfr.cli_data import app as data_app
+    from ppfr.cli_eval import bench_app, eval_cmd
     from ppfr.cli_tools import align_cmd, judge_app
 
     app.add_typer(data_app, name="data")
+    app.command("eval")(eval_cmd)
+    app.add_typer(bench_app, name="bench")
     app.command("align")(align_cmd)
     app.add_typer(judge_app, name="judge")
 

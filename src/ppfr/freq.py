@@ -126,7 +126,8 @@ def _taps(n_in: int, n_out: int) -> tuple[Tensor, Tensor]:
     return torch.stack([lo, (lo + 1).clamp(max=n_in - 1)], 1), torch.stack([1 - frac, frac], 1)
 
 
-@lru_cache(maxsize=None)
+@cache
+@torch.inference_mode(False)
 def _bases_cpu64() -> dict[str, Tensor]:
     d = dct_matrix()
     # encode: W[I, u, k] = sum_a D[u, a] U[8I + a, k]. Block row I reads input rows
@@ -161,10 +162,12 @@ def _bases_cpu64() -> dict[str, Tensor]:
 
 @lru_cache(maxsize=32)
 def _bases(device: torch.device, dtype: torch.dtype) -> dict[str, Tensor]:
-    return {
-        k: t.to(device) if t.dtype == torch.long else t.to(device=device, dtype=dtype)
-        for k, t in _bases_cpu64().items()
-    }
+    # cached tensors made inside inference_mode could never join autograd later
+    with torch.inference_mode(False):
+        return {
+            k: t.to(device) if t.dtype == torch.long else t.to(device=device, dtype=dtype)
+            for k, t in _bases_cpu64().items()
+        }
 
 
 def _check(x: Tensor, channels: int, what: str) -> None:
@@ -179,12 +182,15 @@ def _check(x: Tensor, channels: int, what: str) -> None:
 
 
 # --------------------------------------------------------------------------- transforms
-def encode(x: Tensor, *, check_range: bool = True) -> Tensor:
+def encode(x: Tensor, *, check_range: bool = True, out: Tensor | None = None) -> Tensor:
     r"""Frequency transform ``e``: faces in [-1, 1] -> 192 block-DCT channels.
 
     Args:
         x: aligned RGB faces, values in [-1, 1].
         check_range: reject inputs outside [-1, 1] (with a small tolerance).
+        out: optional preallocated (B, 192, 112, 112) result tensor (same dtype and device),
+            for loops that encode batch after batch: reusing it saves the page faults of a
+            fresh ~10 MB-per-image allocation, about half the cost on CPU. Not differentiable.
 
     Shape:
         - x: :math:`(B, 3, 112, 112)`, float32 or float64
@@ -216,13 +222,31 @@ def encode(x: Tensor, *, check_range: bool = True) -> Tensor:
         # three multiply-adds that each write the output once, in its final layout
         w = [b["enc_cols"][t][:, None, :] for t in range(3)]  # (v, 1, J)
         taps = [t1[..., t : t + SIZE] for t in range(3)]
-        if torch.is_grad_enabled() and (x.requires_grad or t1.requires_grad):
-            out = taps[0] * w[0] + taps[1] * w[1] + taps[2] * w[2]
-        else:
-            out = torch.empty(n, 3, SCALE, SCALE, SIZE, SIZE, dtype=x.dtype, device=x.device)
-            torch.mul(taps[0], w[0], out=out)
-            out.addcmul_(taps[1], w[1]).addcmul_(taps[2], w[2])
-    return out.reshape(n, NUM_CHANNELS, SIZE, SIZE)
+        differentiable = torch.is_grad_enabled() and x.requires_grad
+        if differentiable and out is None:
+            return (taps[0] * w[0] + taps[1] * w[1] + taps[2] * w[2]).reshape(
+                n, NUM_CHANNELS, SIZE, SIZE
+            )
+        if out is None:
+            out = torch.empty(n, NUM_CHANNELS, SIZE, SIZE, dtype=x.dtype, device=x.device)
+        _check_out(out, x, differentiable)
+        view = out.view(n, 3, SCALE, SCALE, SIZE, SIZE)
+        torch.mul(taps[0], w[0], out=view)
+        view.addcmul_(taps[1], w[1]).addcmul_(taps[2], w[2])
+    return out
+
+
+def _check_out(out: Tensor, x: Tensor, differentiable: bool) -> None:
+    if differentiable:
+        raise InputError("encode: out= cannot be used when x requires grad")
+    want = (x.shape[0], NUM_CHANNELS, SIZE, SIZE)
+    if tuple(out.shape) != want or out.dtype != x.dtype or out.device != x.device:
+        raise InputError(
+            f"encode: out must be a {x.dtype} tensor of shape {want} on {x.device}, got "
+            f"{out.dtype} {tuple(out.shape)} on {out.device}"
+        )
+    if not out.is_contiguous():
+        raise InputError("encode: out must be contiguous")
 
 
 def decode(f: Tensor) -> Tensor:
@@ -246,7 +270,9 @@ def decode(f: Tensor) -> Tensor:
         n = f.shape[0]
         blk, off, w = b["dec_block"], b["dec_offset"], b["dec_w"]
         # inverse DCT along u for every block at once: one GEMM, (a, u) @ (u, v*I*J)
-        r = torch.matmul(b["idct"], f.reshape(n, 3, SCALE, SCALE * SIZE * SIZE)).view(n, 3, SCALE, SCALE, SIZE, SIZE)
+        r = torch.matmul(b["idct"], f.reshape(n, 3, SCALE, SCALE * SIZE * SIZE)).view(
+            n, 3, SCALE, SCALE, SIZE, SIZE
+        )
         # downsample rows: pixel row k mixes rows (block, offset) of its two taps
         rows = r[:, :, off, :, blk, :]  # (2*112, B, 3, v, J)
         rows = (rows.view(SIZE, 2, n, 3, SCALE, SIZE) * w.view(SIZE, 2, 1, 1, 1, 1)).sum(1)

@@ -95,7 +95,9 @@ def test_both_stages_train(orl4):
     assert set(logs) == {"pixel", "id"}
     assert after < 0.5 * before
     gen_after = {k: v.detach().clone() for k, v in m.client.state_dict().items()}
-    assert any(not torch.equal(a, b) for a, b in zip(gen_before, m.client.parameters(), strict=True))
+    assert any(
+        not torch.equal(a, b) for a, b in zip(gen_before, m.client.parameters(), strict=True)
+    )
     assert s2.repeats == 3 and s2.frozen == [m.client]
     before2, after2, _ = _train(s2, x, y, steps=10, lr=0.01)
     assert after2 < before2

@@ -71,7 +71,7 @@ def _weights(out: Path) -> dict[str, torch.Tensor]:
 def test_resume_reaches_the_same_weights(tmp_path, small):
     straight = Trainer(_cfg(tmp_path / "a"), dataset=small, progress=False)
     straight.fit()
-    # the same run, stopped after the first epoch of stage 2 and resumed by a new process-like Trainer
+    # the same run, stopped after stage 2 epoch 1 and resumed by a fresh Trainer
     cfg = _cfg(tmp_path / "b")
     cut = Trainer(cfg, dataset=small, progress=False)
     stages = cut.model.stages()

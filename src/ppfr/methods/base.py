@@ -79,7 +79,8 @@ def check_range(x: Tensor, lo: float, hi: float, what: str) -> None:
     tol = 1e-3 * (hi - lo)
     if vmin < lo - tol or vmax > hi + tol:
         raise InputError(
-            f"{what}: values must be in [{lo:g}, {hi:g}], got [{float(vmin):.4g}, {float(vmax):.4g}]"
+            f"{what}: values must be in [{lo:g}, {hi:g}], "
+            f"got [{float(vmin):.4g}, {float(vmax):.4g}]"
         )
 
 
@@ -147,7 +148,8 @@ class Method(nn.Module):
         want = self.representation_shape
         if p.ndim != len(want) + 1 or tuple(p.shape[1:]) != want:
             raise InputError(
-                f"embed: {self.name} expects representations of shape (B, {', '.join(map(str, want))}), "
+                f"embed: {self.name} expects representations of shape "
+                f"(B, {', '.join(map(str, want))}), "
                 f"got {tuple(p.shape)}"
             )
         check_range(p, *self.representation_range, "embed")
@@ -160,7 +162,7 @@ class Method(nn.Module):
         return torch.device("cpu")
 
     def fingerprint(self, part: str = "client") -> str:
-        """SHA-256 of a part's weights and config: identifies the model that made a representation."""
+        """SHA-256 of a part's weights and config: names the model behind a representation."""
         h = hashlib.sha256(f"{self.name}:{self.config_dict()}".encode())
         for key, t in sorted(self._part(part).state_dict().items()):
             h.update(key.encode())

@@ -30,11 +30,21 @@ class MarginHead(nn.Module):
         - output of ``forward``: scalar loss; of ``logits``: :math:`(B, C)`
     """
 
-    def __init__(self, embedding_size: int, num_classes: int, scale: float = 64.0) -> None:
+    #: the margin used when none is given
+    default_margin: float = 0.0
+
+    def __init__(
+        self,
+        embedding_size: int,
+        num_classes: int,
+        scale: float = 64.0,
+        margin: float | None = None,
+    ) -> None:
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"a margin head needs at least 2 classes, got {num_classes}")
         self.scale = scale
+        self.m = self.default_margin if margin is None else margin
         self.weight = nn.Parameter(torch.empty(num_classes, embedding_size))
         nn.init.normal_(self.weight, std=0.01)
 
@@ -57,11 +67,7 @@ class MarginHead(nn.Module):
 class ArcFaceHead(MarginHead):
     """Additive angular margin (ArcFace, s=64, m=0.5)."""
 
-    def __init__(
-        self, embedding_size: int, num_classes: int, scale: float = 64.0, margin: float = 0.5
-    ) -> None:
-        super().__init__(embedding_size, num_classes, scale)
-        self.m = margin
+    default_margin = 0.5
 
     def margin(self, cos_target: Tensor) -> Tensor:
         sin = (1.0 - cos_target.pow(2)).clamp_min(1e-9).sqrt()
@@ -74,11 +80,7 @@ class ArcFaceHead(MarginHead):
 class CosFaceHead(MarginHead):
     """Additive cosine margin (CosFace, s=64, m=0.4)."""
 
-    def __init__(
-        self, embedding_size: int, num_classes: int, scale: float = 64.0, margin: float = 0.4
-    ) -> None:
-        super().__init__(embedding_size, num_classes, scale)
-        self.m = margin
+    default_margin = 0.4
 
     def margin(self, cos_target: Tensor) -> Tensor:
         return cos_target - self.m

@@ -3,11 +3,11 @@
 Four down-sampling levels (112 -> 56 -> 28 -> 14 -> 7) with widths
 ``width * (1, 2, 4, 8, 16)``; each level is two conv3x3 + BN + ReLU, down-sampling by
 max-pool, up-sampling by a transposed conv, skip connections by concatenation, and a 1x1
-output conv. ``width=64`` gives the public code's 64..1024 network (about 31M weights);
-the registered default ``unet`` uses ``width=32`` (about 7.8M weights): the paper calls
-its generator "reduced-scale", and the generator is part of the *client* that runs on the
-user's device, so a quarter of the compute is the better default there. The demo and the
-tests use smaller widths still.
+output conv. ``width=64`` gives the public code's 64..1024 network (about 31M weights).
+MinusFace defaults to ``width=16`` (16..256, about 2M weights): the paper calls its
+generator "reduced-scale", and the generator is the *client* that runs on the user's
+device; at 16 ``protect`` costs ~26 ms/face on a 2-core CPU against ~42 ms at 32 and far
+more at 64 (docs/benchmarks.md). The demo and the tests use smaller widths still.
 
 The generator sees the frequency coefficients divided by ``input_scale`` (coefficients
 reach several hundred) and its output is multiplied back, so it learns at a well-scaled
@@ -82,5 +82,5 @@ class UNet(nn.Module):
 
 @GENERATORS.register("unet")
 def unet(**config) -> UNet:
-    """U-Net generator, ``width=32`` unless given (see the module docstring)."""
+    """U-Net generator, ``width=16`` unless given (see the module docstring)."""
     return UNet(**config)

@@ -1,0 +1,110 @@
+"""`ppfr bench orl` / run_orl_bench with tiny presets on a slice of ORL (seconds, not hours)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import typer
+from typer.testing import CliRunner
+
+import ppfr.bench
+import ppfr.demo
+from ppfr.bench import bench_table, mean_std
+from ppfr.cli_eval import bench_app
+from ppfr.data.base import TensorFaces
+from ppfr.data.orl import load_orl, split_identities
+from tests.conftest import TINY, TINY_MINUSFACE
+
+runner = CliRunner()
+app = typer.Typer()  # throwaway app: the real one mounts bench_app the same way
+app.add_typer(bench_app, name="bench")
+
+
+@app.callback()
+def _root() -> None:
+    """Keep `bench` a sub-command."""
+
+
+@pytest.fixture()
+def tiny_bench(monkeypatch):
+    """Tiny presets, one epoch per stage; padded ORL cut to 2 training / 5 test images per
+    identity (5 x 10 people give 100 impostor pairs: enough for TAR@FAR=1e-2)."""
+    monkeypatch.setattr(ppfr.demo, "DEMO_MODELS", {
+        "arcface": TINY, "minusface": {**TINY_MINUSFACE, "train_repeats": 1}})  # fmt: skip
+    monkeypatch.setattr(ppfr.demo, "DEMO_EPOCHS", {
+        "arcface": {"recognizer": 1}, "minusface": {"residue": 1, "protected": 1}})  # fmt: skip
+    calls = []
+
+    def small_orl(ids, aligned=False):
+        calls.append((list(ids), aligned))
+        full = load_orl(ids, aligned=False)  # padding is instant; YuNet alignment is not
+        keep = 2 if len(ids) > 10 else 5
+        idx = [i for i in range(len(full)) if i % 10 < keep]
+        return TensorFaces(full.faces[idx], full.labels[idx], full.classes)
+
+    monkeypatch.setattr(ppfr.bench, "load_orl", small_orl)
+    return calls
+
+
+def test_bench_over_two_splits(tiny_bench, tmp_path):
+    out = tmp_path / "bench"
+    args = ["bench", "orl", "--methods", "arcface,minusface", "--splits", "2", "--seed", "4"]
+    res = runner.invoke(app, [*args, "--out", str(out), "--json", str(tmp_path / "b.json")])
+    assert res.exit_code == 0, res.output
+    results = json.loads((out / "bench.json").read_text())
+    assert json.loads((tmp_path / "b.json").read_text()) == results
+
+    # every split holds out its own 10 identities, disjoint from its 30 training ones,
+    # and asks for the aligned faces
+    assert results["settings"]["split_seeds"] == [4, 5]
+    tests = []
+    for split in results["splits"]:
+        train, test = split_identities(10, split["seed"])
+        assert (split["train_identities"], split["test_identities"]) == (train, test)
+        assert not set(train) & set(test) and len(train) == 30 and len(test) == 10
+        tests.append(test)
+    assert tests[0] != tests[1]
+    expected = [ids for seed in (4, 5) for ids in split_identities(10, seed)]  # train, test
+    assert [ids for ids, _ in tiny_bench] == expected
+    assert all(aligned for _, aligned in tiny_bench)
+
+    # aggregates are numpy's mean and (population) std over the per-split figures
+    for name, agg in results["methods"].items():
+        per = [s["methods"][name] for s in results["splits"]]
+        for key in ("accuracy", "auc", "train_seconds", "protect_ms", "embed_ms"):
+            vals = [p[key] for p in per]
+            assert agg[key]["values"] == vals
+            assert agg[key]["mean"] == pytest.approx(np.mean(vals), abs=1e-12)
+            assert agg[key]["std"] == pytest.approx(np.std(vals), abs=1e-12)
+        tar = [p["tar_at_far"]["0.01"] for p in per]
+        assert None not in tar and agg["tar_at_far"]["0.01"]["mean"] == pytest.approx(np.mean(tar))
+        # 100 impostor pairs cannot measure a FAR of 1e-3: None, not a made-up number
+        assert agg["tar_at_far"]["0.001"]["mean"] is None
+        assert all(p["pairs"] == 200 and p["protect_ms"] > 0 for p in per)
+        assert all(Path(p["model_dir"], "ppfr.toml").is_file() for p in per)
+    assert results["methods"]["minusface"]["bytes_sent"] == 3 * 112 * 112 * 4
+
+    table = bench_table(results)
+    assert (out / "bench.md").read_text() == table
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line]
+    cells = [[c.strip() for c in r.split("|")[1:-1]] for r in rows]
+    assert cells[0][4] == "TAR@FAR=1e-3 (%)" and [c[4] for c in cells[1:]] == ["n/a", "n/a"]
+    assert [c[0] for c in cells[1:]] == ["arcface", "minusface"]
+    assert "minusface" in res.output and "bench.md" in res.output
+
+
+def test_bench_refuses_bad_arguments(tiny_bench):
+    for methods, why in [("partialfac", "no demo preset"), ("arcface,arcface", "more than once")]:
+        res = runner.invoke(app, ["bench", "orl", "--methods", methods])
+        assert res.exit_code == 2 and why in res.output, res.output
+    res = runner.invoke(app, ["bench", "orl", "--methods", "arcface", "--epochs", "0"])
+    assert res.exit_code == 2 and "epoch_scale" in res.output
+    assert not tiny_bench  # nothing was loaded, let alone trained
+
+
+def test_mean_std_is_none_aware():
+    assert mean_std([0.5, 0.7]) == {"mean": 0.6, "std": pytest.approx(0.1), "values": [0.5, 0.7]}
+    assert mean_std([0.5, None])["mean"] is None and mean_std([])["std"] is None
