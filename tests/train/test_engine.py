@@ -154,7 +154,7 @@ DDP_SCRIPT = """
 import sys, torch, torch.distributed as dist
 sys.path.insert(0, {root!r})
 from ppfr.data.orl import load_orl
-from ppfr.train import TrainConfig, Trainer
+from ppfr.train import TrainConfig, Trainer, shutdown_distributed
 from tests.conftest import TINY
 torch.set_num_threads(1)
 ds = load_orl([1, 2, 3, 4])
@@ -167,7 +167,7 @@ gathered = [torch.zeros_like(flat) for _ in range(dist.get_world_size())]
 dist.all_gather(gathered, flat)
 assert all(torch.equal(gathered[0], g) for g in gathered), "ranks diverged"
 print("rank", dist.get_rank(), "steps", t.history[-1]["steps"], "ok")
-dist.destroy_process_group()
+shutdown_distributed()
 """
 
 

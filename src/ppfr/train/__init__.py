@@ -1,7 +1,7 @@
 """Training: a TOML-backed config and one engine for every method."""
 
 from ppfr.train.config import DataConfig, OptimConfig, StageConfig, TrainConfig
-from ppfr.train.engine import Trainer, train, training_data
+from ppfr.train.engine import Trainer, shutdown_distributed, train, training_data
 
 __all__ = [
     "DataConfig",
@@ -9,6 +9,7 @@ __all__ = [
     "StageConfig",
     "TrainConfig",
     "Trainer",
+    "shutdown_distributed",
     "train",
     "training_data",
 ]

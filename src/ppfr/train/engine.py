@@ -309,6 +309,17 @@ class Trainer:
             tqdm.write(f"[{self.model.name}] {row['stage']} epoch {row['epoch']}: {parts}")
 
 
+def shutdown_distributed() -> None:
+    """Leave the process group cleanly (no-op when not distributed).
+
+    Every rank waits for the others first: tearing gloo down while a peer still talks
+    to it can abort the process at exit.
+    """
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def train(
     cfg: TrainConfig,
     resume: bool = False,
