@@ -8,11 +8,20 @@ from typing import TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
 
 from ppfr.errors import PPFRError
 
 F = TypeVar("F", bound=Callable)
+console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
+
+
+def print_table(table: Table) -> None:
+    """Print a rich table; off a terminal (logs, pipes) rich would squeeze it into 80
+    columns and cut cells, so there it gets the room it needs instead."""
+    (console if console.is_terminal else Console(width=240)).print(table)
 
 
 def friendly(fn: F) -> F:
@@ -23,7 +32,8 @@ def friendly(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except PPFRError as e:
-            err_console.print(f"[red]error:[/red] {e}", highlight=False, markup=True)
+            # escaped: messages quote things like [stages.residue] that are not markup
+            err_console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False)
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]

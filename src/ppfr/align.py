@@ -220,6 +220,12 @@ class FaceDetector:
         self.score_threshold = float(score_threshold)
         self.max_side = int(max_side)
         self.model_path = Path(model_path) if model_path else bundled_model(YUNET_FILE)
+        # OpenCV 5 warns on every load that its new graph engine ignores the default
+        # target; the warning says nothing the user can act on, so mute it for the load.
+        logging = getattr(getattr(cv2, "utils", None), "logging", None)
+        level = logging.getLogLevel() if logging else None
+        if logging:
+            logging.setLogLevel(logging.LOG_LEVEL_ERROR)
         try:
             # The int8 block-quantised file loads as is in OpenCV >= 4.9 (DequantizeLinear).
             self._net = cv2.FaceDetectorYN.create(
@@ -234,6 +240,9 @@ class FaceDetector:
             raise DataError(
                 f"{self.model_path}: OpenCV cannot load the YuNet model ({e})"
             ) from None
+        finally:
+            if logging:
+                logging.setLogLevel(level)
 
     def _run(self, bgr: np.ndarray) -> np.ndarray:
         h, w = bgr.shape[:2]

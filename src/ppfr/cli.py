@@ -16,11 +16,10 @@ from typing import Annotated
 import numpy as np
 import torch
 import typer
-from rich.console import Console
 from rich.table import Table
 
 import ppfr
-from ppfr._cli import friendly
+from ppfr._cli import console, friendly, print_table
 from ppfr.errors import InputError
 
 app = typer.Typer(
@@ -28,7 +27,6 @@ app = typer.Typer(
     no_args_is_help=True,
     help="ppfr: privacy-preserving face recognition (MinusFace and peers).",
 )
-console = Console(soft_wrap=True)
 
 
 def _mount() -> None:
@@ -188,7 +186,7 @@ def demo(
             f"{r['embed_ms']:.2f}",
             f"{r['bytes_sent']:,}",
         )
-    console.print(table)
+    print_table(table)
     console.print(f"results: {out / 'results.json'}, {out / 'results.md'}")
 
 

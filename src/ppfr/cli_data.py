@@ -12,11 +12,10 @@ import json
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ppfr.errors import PPFRError
+from ppfr._cli import friendly, print_table
 
 app = typer.Typer(
     help="Inspect face data: identity folders, RecordIO .rec, .bin packs, pairs.txt, 'orl'.",
@@ -31,6 +30,7 @@ def _data() -> None:
 
 
 @app.command("inspect")
+@friendly
 def inspect(
     path: str = typer.Argument(..., help="Folder, .rec, .bin, pairs .txt, or 'orl'."),
     image_root: Path | None = typer.Option(
@@ -41,11 +41,7 @@ def inspect(
     """Print images, identities and pairs of a data source."""
     from ppfr.data.open import describe_source
 
-    try:
-        info = describe_source(path, image_root=image_root)
-    except PPFRError as e:
-        Console(stderr=True).print(f"[red]error:[/red] {escape(str(e))}")
-        raise typer.Exit(2) from None
+    info = describe_source(path, image_root=image_root)
     if as_json:
         typer.echo(json.dumps({"path": path, **info}))
         return
@@ -54,4 +50,4 @@ def inspect(
     table.add_column("value", justify="right")
     for key, value in info.items():
         table.add_row(key, f"{value:,}" if isinstance(value, int) else escape(str(value)))
-    Console().print(table)
+    print_table(table)

@@ -24,14 +24,11 @@ from typing import Annotated, Any
 
 import torch
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ppfr._cli import friendly
+from ppfr._cli import console, friendly, print_table
 from ppfr.errors import InputError, PPFRError
-
-console = Console(soft_wrap=True)
 
 #: folds of the verification protocol (the field's ten)
 NFOLDS = 10
@@ -51,12 +48,6 @@ def _device(name: str) -> torch.device:
 
 def _pct(x: float | None, digits: int = 2) -> str:
     return "n/a" if x is None else f"{100 * x:.{digits}f}"
-
-
-def _print_table(table: Table) -> None:
-    # Off a terminal (logs, pipes) rich would squeeze the table into 80 columns and cut
-    # cells; there it gets the room it needs instead.
-    (console if console.is_terminal else Console(width=240)).print(table)
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
@@ -128,7 +119,7 @@ def eval_cmd(
             _pct(r.tar_at_far.get(1e-4)),
             "n/a" if r.auc is None else f"{r.auc:.4f}",
         )
-    _print_table(table)
+    print_table(table)
 
     if json_out is not None:
         _write_json(
@@ -206,7 +197,7 @@ def bench_orl(
             table.add_column(h, justify="right", overflow="fold")
     for row in rows:
         table.add_row(*row)
-    _print_table(table)
+    print_table(table)
     if json_out is not None:
         _write_json(json_out, results)
         console.print(f"results: {escape(str(json_out))}", highlight=False)

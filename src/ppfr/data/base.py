@@ -10,6 +10,7 @@ Verification sources (``.bin`` packs, ``pairs.txt``) are :class:`VerificationPai
 
 from __future__ import annotations
 
+from abc import ABCMeta, abstractmethod
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,7 +20,7 @@ from torch.utils.data import Dataset
 from ppfr.errors import InputError
 
 
-class FaceDataset(Dataset):
+class FaceDataset(Dataset, metaclass=ABCMeta):
     """Labelled aligned faces. Subclasses fill ``labels`` and implement ``load``."""
 
     #: identity label of every item, int64, length ``len(self)``
@@ -34,9 +35,9 @@ class FaceDataset(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
+    @abstractmethod
     def load(self, index: int) -> torch.Tensor:
         """Return face ``index`` as float32 (3, 112, 112) in [-1, 1]."""
-        raise NotImplementedError  # abstract: every concrete dataset overrides it
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         return self.load(index), int(self.labels[index])

@@ -14,6 +14,7 @@ import torch
 
 from ppfr.data.base import FaceDataset
 from ppfr.eval.verification import (
+    DEFAULT_FARS,
     VerificationResult,
     flip_sum_embeddings,
     make_open_set_pairs,
@@ -26,16 +27,25 @@ def dataset_faces(dataset: FaceDataset) -> torch.Tensor:
 
 
 def evaluate_open_set(
-    model, dataset: FaceDataset, *, seed: int = 0, batch_size: int = 64, progress: bool = False
+    model,
+    dataset: FaceDataset,
+    *,
+    seed: int = 0,
+    batch_size: int = 64,
+    progress: bool = False,
+    fars: tuple[float, ...] = DEFAULT_FARS,
 ) -> tuple[VerificationResult, np.ndarray]:
-    """Verification result and the per-image embeddings of ``dataset`` (held-out identities)."""
+    """Verification result and the per-image embeddings of ``dataset`` (held-out identities).
+
+    ``fars``: the false accept rates to report TAR at (each needs ``1/far`` impostor pairs).
+    """
     gen = torch.Generator(device=model.device).manual_seed(seed)
     emb = flip_sum_embeddings(
         model, dataset_faces(dataset), batch_size=batch_size, generator=gen, progress=progress
     )
     a, b, issame = make_open_set_pairs(dataset.labels, seed=seed)
     dist = ((emb[a] - emb[b]) ** 2).sum(1)
-    return verification_protocol(dist, issame, name="open-set"), emb
+    return verification_protocol(dist, issame, fars=fars, name="open-set"), emb
 
 
 def time_per_image(fn, x: torch.Tensor, repeats: int = 3) -> float:

@@ -21,6 +21,7 @@ import hashlib
 import os
 import tempfile
 import tomllib
+from abc import ABCMeta, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,7 +85,7 @@ def check_range(x: Tensor, lo: float, hi: float, what: str) -> None:
         )
 
 
-class Method(nn.Module):
+class Method(nn.Module, metaclass=ABCMeta):
     """Base class of every registered method. See the module docstring for the parts."""
 
     name: ClassVar[str]
@@ -102,31 +103,34 @@ class Method(nn.Module):
         self.train_part: nn.Module | None = self.build_train() if "train" in parts else None
 
     # ---- what each method defines
+    @abstractmethod
     def build_client(self) -> nn.Module:
-        raise NotImplementedError  # abstract
+        """The modules that run on the user's device (may hold no weights)."""
 
+    @abstractmethod
     def build_server(self) -> nn.Module:
-        raise NotImplementedError  # abstract
+        """The modules the recognition service runs."""
 
+    @abstractmethod
     def build_train(self) -> nn.Module:
-        raise NotImplementedError  # abstract
+        """Training-only modules (heads, auxiliary recognizers); needs ``num_classes``."""
 
+    @abstractmethod
     def protect(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Client side: faces (B, 3, 112, 112) in [-1, 1] -> protected representation."""
-        raise NotImplementedError  # abstract
 
+    @abstractmethod
     def embed(self, p: Tensor) -> Tensor:
         """Server side: protected representation -> L2-normalised (B, D) templates."""
-        raise NotImplementedError  # abstract
 
+    @abstractmethod
     def stages(self) -> list[Stage]:
         """Training stages, in order."""
-        raise NotImplementedError  # abstract
 
     @property
+    @abstractmethod
     def representation_shape(self) -> tuple[int, ...]:
         """Shape of one protected representation (what ``protect`` returns per face)."""
-        raise NotImplementedError  # abstract
 
     #: value range of the protected representation, checked by ``embed``
     representation_range: ClassVar[tuple[float, float]] = (0.0, 1.0)

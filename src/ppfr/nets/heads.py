@@ -14,6 +14,7 @@ standard linear fallback :math:`\cos\theta_y - m \sin(m)` keeps the target logit
 from __future__ import annotations
 
 import math
+from abc import ABCMeta, abstractmethod
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +23,7 @@ from torch import Tensor, nn
 from ppfr.nets._registries import HEADS
 
 
-class MarginHead(nn.Module):
+class MarginHead(nn.Module, metaclass=ABCMeta):
     """Base: cosine logits against L2-normalised class centres.
 
     Shape:
@@ -51,8 +52,9 @@ class MarginHead(nn.Module):
     def cosine(self, embeddings: Tensor) -> Tensor:
         return F.linear(F.normalize(embeddings.float()), F.normalize(self.weight.float()))
 
+    @abstractmethod
     def margin(self, cos_target: Tensor) -> Tensor:
-        raise NotImplementedError  # abstract: ArcFaceHead and CosFaceHead override it
+        """The target class's cosine after the margin."""
 
     def logits(self, embeddings: Tensor, labels: Tensor) -> Tensor:
         cos = self.cosine(embeddings).clamp(-1.0, 1.0)
