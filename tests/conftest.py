@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+import ppfr
 from ppfr.data.orl import load_orl
 
 torch.set_num_threads(2)
@@ -23,3 +24,12 @@ def orl4():
 def faces():
     g = torch.Generator().manual_seed(0)
     return torch.rand(4, 3, 112, 112, generator=g) * 2 - 1
+
+
+@pytest.fixture(scope="session")
+def bundle(tmp_path_factory):
+    """A saved tiny MinusFace bundle (untrained), both parts."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "minusface"
+    ppfr.create("minusface", **TINY_MINUSFACE).save(path)
+    return path

@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from typer.testing import CliRunner
 
 import ppfr
@@ -14,14 +13,6 @@ from ppfr.data.images import save_image, to_uint8
 from tests.conftest import TINY, TINY_MINUSFACE
 
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "minusface"
-    ppfr.create("minusface", **TINY_MINUSFACE).save(path)
-    return path
 
 
 @pytest.fixture()

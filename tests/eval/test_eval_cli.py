@@ -14,7 +14,6 @@ import ppfr
 from ppfr.cli_eval import eval_cmd
 from ppfr.data.binpack import read_bin, write_bin
 from ppfr.eval import evaluate_pairs
-from tests.conftest import TINY_MINUSFACE
 
 runner = CliRunner()
 app = typer.Typer()  # throwaway app: the real one mounts eval_cmd the same way
@@ -26,14 +25,6 @@ def _root() -> None:
 
 
 app.command("eval")(eval_cmd)
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "minusface"
-    ppfr.create("minusface", **TINY_MINUSFACE).save(path)
-    return path
 
 
 @pytest.fixture(scope="module")
