@@ -193,15 +193,17 @@ class Method(nn.Module, metaclass=ABCMeta):
             "config": _toml_safe(self.config_dict()),
             "parts": {},
         }
-        if self.client is not None:
-            # lets a server-only bundle recognise representations made by its client
-            manifest["client_fingerprint"] = self.fingerprint("client")
+        # hash each part once; the client's also goes in the manifest's top level, so a
+        # server-only bundle can recognise representations made by its client
+        fingerprints = {p: self.fingerprint(p) for p in {*parts, "client"} if p in self.parts}
+        if "client" in fingerprints:
+            manifest["client_fingerprint"] = fingerprints["client"]
         for part in parts:
             module = self._part(part)
             state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
             fname = f"{part}.safetensors"
             _atomic(out / fname, lambda p, s=state: save_file(s, str(p)))
-            manifest["parts"][part] = {"file": fname, "fingerprint": self.fingerprint(part)}
+            manifest["parts"][part] = {"file": fname, "fingerprint": fingerprints[part]}
         _atomic(out / MANIFEST, lambda p: p.write_bytes(tomli_w.dumps(manifest).encode()))
         return out
 
