@@ -83,6 +83,11 @@ def _read_faces(images: list[Path]) -> torch.Tensor:
     return torch.stack([load_face(p) for p in images])
 
 
+def _generator(seed: int | None) -> torch.Generator | None:
+    """A seeded generator for reproducible protection, or None for fresh randomness."""
+    return torch.Generator().manual_seed(seed) if seed is not None else None
+
+
 def _batches(x: torch.Tensor, size: int = 32):
     for i in range(0, len(x), size):
         yield x[i : i + size]
@@ -112,7 +117,7 @@ def protect(
     existing = [n for n in names if (out / f"{n}.npy").exists() or (out / f"{n}.png").exists()]
     if existing and not overwrite:
         raise InputError(f"{out}: outputs exist for {existing[:3]}... (use --overwrite)")
-    gen = torch.Generator().manual_seed(seed) if seed is not None else None
+    gen = _generator(seed)
     reps = []
     with torch.inference_mode():
         for batch in _batches(faces):
@@ -139,7 +144,7 @@ def embed(
     """Protect then embed faces; writes an (N, D) float32 array in the order given."""
     m = ppfr.load(model)
     faces = _read_faces(images)
-    gen = torch.Generator().manual_seed(seed) if seed is not None else None
+    gen = _generator(seed)
     with torch.inference_mode():
         emb = torch.cat([m.embed(m.protect(b, generator=gen)) for b in _batches(faces)])
     out.parent.mkdir(parents=True, exist_ok=True)

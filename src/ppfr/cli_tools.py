@@ -18,12 +18,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
-from ppfr._cli import friendly
+from ppfr._cli import console, friendly
 from ppfr.errors import DataError
 
-console = Console(soft_wrap=True)
 #: how many problem files to name on screen (all are in the JSON report)
 SHOW = 10
 

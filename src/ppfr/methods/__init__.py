@@ -21,8 +21,6 @@ from ppfr.methods.base import (
     PARTS,
     Method,
     Stage,
-    load_into,
-    load_part_state,
     read_manifest,
 )
 
@@ -81,8 +79,7 @@ def load(
     cls = METHODS.get(manifest["method"])
     config = make_config(cls.name, **manifest.get("config", {}))
     model = cls(config, parts=tuple(wanted))
-    for p in wanted:
-        load_into(model._part(p), load_part_state(directory, manifest, p), f"{directory}/{p}")
+    model.load_weights(directory, wanted, manifest)
     model.manifest = manifest
     return model.to(map_location).eval()
 

@@ -173,6 +173,16 @@ class Method(nn.Module, metaclass=ABCMeta):
             h.update(t.detach().cpu().contiguous().numpy().tobytes())
         return h.hexdigest()
 
+    def load_weights(
+        self, directory: str | os.PathLike, parts: Iterable[str], manifest: dict | None = None
+    ) -> None:
+        """Load the given parts of the bundle in ``directory`` into this model, in place."""
+        directory = Path(directory)
+        manifest = manifest if manifest is not None else read_manifest(directory)
+        for part in parts:
+            state = load_part_state(directory, manifest, part)
+            load_into(self._part(part), state, f"{directory}/{part}")
+
     def config_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self.config)
 

@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 import ppfr
 from ppfr.data.base import FaceDataset
 from ppfr.errors import CheckpointError
-from ppfr.methods.base import PARTS, Method, Stage, load_into, load_part_state, read_manifest
+from ppfr.methods.base import PARTS, Method, Stage
 from ppfr.train.config import TrainConfig
 
 STATE_FILE = "trainer_state.pt"
@@ -50,6 +50,13 @@ class _Dist:
     @property
     def main(self) -> bool:
         return self.rank == 0
+
+
+def _device_type(name: str) -> str:
+    """The device a config names, with "auto" resolved to CUDA when present."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
 
 
 def _setup_distributed(device: str) -> _Dist:
@@ -68,8 +75,7 @@ def _derive_seed(*parts: int) -> int:
 
 
 def _resolve_device(name: str, d: _Dist) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
+    name = _device_type(name)
     if name == "cuda":
         name = f"cuda:{d.local_rank}"
     return torch.device(name)
@@ -98,9 +104,7 @@ class Trainer:
         self, cfg: TrainConfig, dataset: FaceDataset | None = None, progress: bool = True
     ) -> None:
         self.cfg = cfg
-        self.dist = _setup_distributed(
-            cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-        )
+        self.dist = _setup_distributed(_device_type(cfg.device))
         self.device = _resolve_device(cfg.device, self.dist)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
@@ -144,11 +148,7 @@ class Trainer:
 
     def _load_checkpoint(self) -> dict:
         ckpt = self.checkpoint_dir
-        manifest = read_manifest(ckpt)
-        for part in PARTS:
-            load_into(
-                self.model._part(part), load_part_state(ckpt, manifest, part), f"{ckpt}/{part}"
-            )
+        self.model.load_weights(ckpt, PARTS)
         try:
             return torch.load(ckpt / STATE_FILE, map_location=self.device, weights_only=True)
         except FileNotFoundError:
