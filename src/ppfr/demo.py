@@ -108,7 +108,7 @@ def score_model(
     result, _ = evaluate_open_set(model, test_set, seed=seed, progress=progress, fars=fars)
     tars = result.to_dict()["tar_at_far"]
     n = min(timing_batch, len(test_set))
-    faces = torch.stack([test_set.load(i) for i in range(n)]).to(model.device)
+    faces = test_set.stack(range(n)).to(model.device)
     with torch.inference_mode():
         p = model.protect(faces)
     return {

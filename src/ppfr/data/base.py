@@ -42,6 +42,11 @@ class FaceDataset(Dataset, metaclass=ABCMeta):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         return self.load(index), int(self.labels[index])
 
+    def stack(self, indices=None) -> torch.Tensor:
+        """Faces ``indices`` (all of them by default) as one (N, 3, 112, 112) tensor."""
+        indices = range(len(self)) if indices is None else indices
+        return torch.stack([torch.as_tensor(self.load(int(i))) for i in indices])
+
     def describe(self) -> dict[str, int]:
         return {"images": len(self), "identities": int(len(np.unique(self.labels)))}
 
@@ -61,6 +66,9 @@ class TensorFaces(FaceDataset):
 
     def load(self, index: int) -> torch.Tensor:
         return self.faces[index]
+
+    def stack(self, indices=None) -> torch.Tensor:
+        return self.faces if indices is None else self.faces[torch.as_tensor(indices)]
 
 
 @dataclass

@@ -22,10 +22,6 @@ from ppfr.eval.verification import (
 )
 
 
-def dataset_faces(dataset: FaceDataset) -> torch.Tensor:
-    return torch.stack([dataset.load(i) for i in range(len(dataset))])
-
-
 def evaluate_open_set(
     model,
     dataset: FaceDataset,
@@ -41,7 +37,7 @@ def evaluate_open_set(
     """
     gen = torch.Generator(device=model.device).manual_seed(seed)
     emb = flip_sum_embeddings(
-        model, dataset_faces(dataset), batch_size=batch_size, generator=gen, progress=progress
+        model, dataset.stack(), batch_size=batch_size, generator=gen, progress=progress
     )
     a, b, issame = make_open_set_pairs(dataset.labels, seed=seed)
     dist = ((emb[a] - emb[b]) ** 2).sum(1)

@@ -704,6 +704,6 @@ def pairs_from_dataset(
     )
     order = np.stack([a, b], axis=1).reshape(-1)  # a0, b0, a1, b1, ...
     used, where = np.unique(order, return_inverse=True)
-    loaded = torch.stack([torch.as_tensor(dataset.load(int(i))) for i in used])
+    loaded = dataset.stack(used)
     faces = loaded[torch.from_numpy(where.astype(np.int64))]
     return VerificationPairs(faces=faces, issame=same, name=name)
