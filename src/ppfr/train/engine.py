@@ -263,10 +263,11 @@ class Trainer:
                         optimizer.step()
                     steps += 1
                     seen += len(x) * self.dist.world
-                    for k, v in {"loss": float(loss.detach()), **logs}.items():
+                    value = float(loss.detach())  # one device sync per step
+                    for k, v in {"loss": value, **logs}.items():
                         sums[k] = sums.get(k, 0.0) + v
                     rate = seen / max(time.perf_counter() - t0, 1e-9)
-                    bar.set_postfix(loss=f"{float(loss.detach()):.3f}", img_s=f"{rate:.1f}")
+                    bar.set_postfix(loss=f"{value:.3f}", img_s=f"{rate:.1f}")
                     bar.update()
             bar.close()
             scheduler.step()
@@ -280,13 +281,9 @@ class Trainer:
             }
             self.history.append(row)
             self._log(row)
-            self._save_checkpoint(
-                si if epoch + 1 < epochs else si + 1,
-                epoch + 1 if epoch + 1 < epochs else 0,
-                optimizer,
-                scheduler,
-                scaler,
-            )
+            # the checkpoint names what runs next: this stage's next epoch, or the next stage
+            next_stage, next_epoch = (si + 1, 0) if epoch + 1 == epochs else (si, epoch + 1)
+            self._save_checkpoint(next_stage, next_epoch, optimizer, scheduler, scaler)
         for m in stage.frozen:
             m.requires_grad_(True)
 
