@@ -23,20 +23,17 @@ How a representation becomes an image (the *view*), in order of precedence:
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from ppfr.attacks import register_attack
-from ppfr.attacks.metrics import psnr_per_image, ssim_per_image, to_unit_range
+from ppfr.attacks._scoring import PSNR_CAP, check_labels, method_name, score_images
+from ppfr.attacks.metrics import to_unit_range
 from ppfr.errors import InputError
 from ppfr.methods.base import check_faces
 
-#: PSNR of a view identical to its face is infinite; reports cap it here to stay JSON-safe
-PSNR_CAP = 100.0
 FACE_SHAPE = (3, 112, 112)
 
 
@@ -113,51 +110,24 @@ class ViewingAttack:
         *,
         seed: int = 0,
         judge: Any = None,
+        aux: Tensor | None = None,
     ) -> dict[str, Any]:
         """Score the views of ``faces`` (identities ``labels``); JSON-friendly dict.
 
-        Keys: ``ssim`` and ``psnr`` (mean over faces, view vs its own face in [0, 1]; PSNR
-        capped at :data:`PSNR_CAP`), ``leakage`` (the judge's verification accuracy on
-        balanced (view of A, original of B) pairs, threshold cross-validated; 0.5 is
-        chance), ``rank1`` (views of all but the first face of each identity as probes,
-        the originals of those first faces as the gallery), plus ``attack``, ``method``,
-        ``n`` and ``seed``. ``seed`` seeds the method's per-image randomness and the pairs.
+        Keys: ``ssim``, ``psnr``, ``leakage`` and ``rank1`` (see
+        :func:`ppfr.attacks._scoring.score_images`), plus ``attack``, ``method``, ``n`` and
+        ``seed``. ``seed`` seeds the method's per-image randomness and the pairs. ``aux``
+        (the attacker's own faces) is accepted for a uniform attack API and not needed.
         """
-        faces = check_faces(faces, "viewing attack")
-        labels = np.asarray(labels).ravel()
-        if len(labels) != len(faces):
-            raise InputError(f"{len(faces)} faces but {len(labels)} labels")
-        if judge is None:
-            from ppfr.judge import get_judge
-
-            judge = get_judge()
+        labels = check_labels(faces, labels, "viewing attack")
         views = self.view(model, faces, torch.Generator().manual_seed(int(seed)))
-        originals = to_unit_range(faces.detach().float().cpu(), (-1.0, 1.0))
-
-        ssims = ssim_per_image(views, originals)
-        psnrs = np.minimum(psnr_per_image(views, originals), PSNR_CAP)
-
-        # embed once; leakage and rank1 accept precomputed embeddings
-        e_view = judge.embed(views, value_range=(0.0, 1.0))
-        e_orig = judge.embed(faces, value_range=(-1.0, 1.0))
-        leakage = judge.leakage(e_view, e_orig, labels, seed=int(seed))
-
-        _, first = np.unique(labels, return_index=True)
-        probe = np.setdiff1d(np.arange(len(labels)), first)
-        rank1 = (
-            judge.rank1(e_view[probe], labels[probe], e_orig[first], labels[first])
-            if len(probe) and len(first) > 1
-            else math.nan
-        )
+        scores = score_images(views, faces, labels, seed=seed, judge=judge)
         return {
             "attack": self.name,
-            "method": str(getattr(model, "name", type(model).__name__)),
+            "method": method_name(model),
             "n": int(len(faces)),
             "seed": int(seed),
-            "ssim": float(np.mean(ssims)),
-            "psnr": float(np.mean(psnrs)),
-            "leakage": float(leakage),
-            "rank1": float(rank1),
+            **scores,
         }
 
 

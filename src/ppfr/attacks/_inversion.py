@@ -1,0 +1,225 @@
+"""Plumbing shared by the attacks that learn to invert a protection (recovery, adaptive).
+
+The attacker owns the client bundle (white box) and a set of faces of its own (*auxiliary*
+identities, disjoint from the victims). It protects its faces with the client, drawing its
+own per-image randomness afresh every epoch, and trains an :class:`Inverter` to map what
+the server would receive back to the face, with an L1 loss (the published recovery attack).
+Subclasses decide what the inverter reads (:meth:`InversionAttack.features`).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from ppfr.attacks._scoring import check_labels, method_name, score_images
+from ppfr.errors import InputError
+from ppfr.methods.base import check_faces
+from ppfr.nets.unet import UNet
+
+FACE_SHAPE = (3, 112, 112)
+
+
+def inversion_input(model: Any, p: Tensor) -> Tensor:
+    """What an inverter reads from representations ``p``: (N, C, 112, 112) float.
+
+    A method whose representation is not a stack of 112x112 maps (DuetFace's packed
+    vector) says how to read it with ``inversion_input(p)``; otherwise ``p`` itself.
+    """
+    custom = getattr(model, "inversion_input", None)
+    x = custom(p) if callable(custom) else p
+    if not isinstance(x, Tensor) or x.ndim != 4 or tuple(x.shape[-2:]) != FACE_SHAPE[1:]:
+        got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise InputError(
+            f"cannot invert a {method_name(model)} representation of shape {got}: the method "
+            "needs an inversion_input(p) method returning (N, C, 112, 112) maps"
+        )
+    return x.float()
+
+
+class Inverter(nn.Module):
+    """U-Net from protected maps to a face in [0, 1].
+
+    Inputs are standardised per channel with statistics of the attacker's training data
+    (DCT coefficients reach several hundred, pixels are below one), then a U-Net with
+    four down-sampling levels and a sigmoid output.
+
+    Shape:
+        - input: :math:`(B, C, 112, 112)`; output: :math:`(B, 3, 112, 112)` in [0, 1]
+    """
+
+    def __init__(self, in_channels: int, width: int = 64) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(1, in_channels, 1, 1))
+        self.register_buffer("std", torch.ones(1, in_channels, 1, 1))
+        self.net = UNet(in_channels, 3, width=width)
+
+    @torch.no_grad()
+    def standardise_with(self, x: Tensor) -> None:
+        self.mean.copy_(x.mean(dim=(0, 2, 3), keepdim=True))
+        self.std.copy_(x.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.sigmoid(self.net((x - self.mean) / self.std))
+
+
+class InversionAttack:
+    """Train an :class:`Inverter` on the attacker's faces, then reconstruct the victims'.
+
+    Args:
+        width: U-Net base width (64 is the full-size network of the published attack; the
+            demo uses a smaller one to fit its time budget).
+        epochs: passes over the attacker's faces, each with fresh protection randomness.
+        batch_size: faces per optimisation step.
+        lr: Adam learning rate (halved at 60% and 85% of the epochs).
+        progress: show a progress bar while training.
+    """
+
+    name = "inversion"
+
+    def __init__(
+        self,
+        width: int = 64,
+        epochs: int = 30,
+        batch_size: int = 16,
+        lr: float = 2e-3,
+        progress: bool = True,
+    ) -> None:
+        if int(width) < 1 or int(epochs) < 1 or int(batch_size) < 1 or not lr > 0:
+            raise InputError(
+                f"width, epochs and batch_size must be at least 1 and lr positive, got "
+                f"width={width}, epochs={epochs}, batch_size={batch_size}, lr={lr}"
+            )
+        self.width, self.epochs, self.batch_size = int(width), int(epochs), int(batch_size)
+        self.lr, self.progress = float(lr), progress
+        self.inverter: Inverter | None = None
+        self.history: list[float] = []
+
+    # ---- what the inverter reads (subclasses)
+    def features(self, model: Any, faces: Tensor, generator: torch.Generator) -> Tensor:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def _features(self, model: Any, faces: Tensor, generator: torch.Generator) -> Tensor:
+        device = getattr(model, "device", torch.device("cpu"))
+        chunks = [
+            self.features(model, faces[i : i + 32].to(device), generator).float().cpu()
+            for i in range(0, len(faces), 32)
+        ]
+        return torch.cat(chunks)
+
+    # ---- training and reconstruction
+    def fit(self, model: Any, aux: Tensor, *, seed: int = 0) -> Inverter:
+        """Train the inverter on the attacker's faces ``aux`` ((N, 3, 112, 112) in [-1, 1])."""
+        aux = check_faces(aux, f"{self.name} attack (attacker's faces)")
+        if len(aux) < 2:
+            raise InputError(f"{self.name} attack: the attacker needs at least 2 faces")
+        was_training = bool(getattr(model, "training", False))
+        if hasattr(model, "eval"):
+            model.eval()
+        g = torch.Generator().manual_seed(int(seed))
+        target = (aux.float().cpu() + 1) / 2
+        try:
+            x = self._features(model, aux, g)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(seed))
+                inverter = Inverter(x.shape[1], self.width)
+            inverter.standardise_with(x)
+            opt = torch.optim.Adam(inverter.parameters(), lr=self.lr)
+            sched = torch.optim.lr_scheduler.MultiStepLR(
+                opt, [int(self.epochs * 0.6), int(self.epochs * 0.85)], gamma=0.5
+            )
+            self.history = []
+            bar = tqdm(
+                range(self.epochs),
+                desc=f"{self.name} attack on {method_name(model)}",
+                unit="epoch",
+                disable=not self.progress,
+                leave=False,
+            )
+            for epoch in bar:
+                if epoch:  # fresh randomness for every pass, as the attacker can draw it
+                    x = self._features(model, aux, g)
+                order = torch.randperm(len(aux), generator=g)
+                inverter.train()
+                total = 0.0
+                for i in range(0, len(order), self.batch_size):
+                    idx = order[i : i + self.batch_size]
+                    loss = F.l1_loss(inverter(x[idx]), target[idx])
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    total += float(loss.detach()) * len(idx)
+                sched.step()
+                self.history.append(total / len(order))
+                bar.set_postfix(l1=f"{self.history[-1]:.4f}")
+        finally:
+            if was_training:
+                model.train()
+        self.inverter = inverter.eval()
+        return self.inverter
+
+    @torch.no_grad()
+    def reconstruct(self, model: Any, faces: Tensor, *, seed: int = 1) -> Tensor:
+        """Victims' faces -> the attacker's reconstructions, (N, 3, 112, 112) in [0, 1].
+
+        The victims' protection randomness is drawn with ``seed``, independently of the
+        attacker's training randomness.
+        """
+        if self.inverter is None:
+            raise InputError(f"{self.name} attack: call fit() (or run()) before reconstruct()")
+        faces = check_faces(faces, f"{self.name} attack (victims)")
+        if hasattr(model, "eval"):
+            model.eval()
+        x = self._features(model, faces, torch.Generator().manual_seed(int(seed)))
+        return torch.cat(
+            [self.inverter(x[i : i + 64]) for i in range(0, len(x), 64)]
+            or [torch.empty(0, *FACE_SHAPE)]
+        )
+
+    def run(
+        self,
+        model: Any,
+        faces: Tensor,
+        labels: Any,
+        *,
+        aux: Tensor | None = None,
+        seed: int = 0,
+        judge: Any = None,
+    ) -> dict[str, Any]:
+        """Fit on ``aux``, reconstruct ``faces`` (identities ``labels``) and score them.
+
+        Keys: ``ssim``, ``psnr``, ``leakage``, ``rank1`` (see
+        :func:`ppfr.attacks._scoring.score_images`), ``train_l1`` (last epoch's loss),
+        ``fit_seconds``, the attack's settings, ``method``, ``n`` and ``seed``.
+        """
+        labels = check_labels(faces, labels, f"{self.name} attack")
+        if aux is None:
+            raise InputError(
+                f"the {self.name} attack trains on the attacker's own faces: pass aux= "
+                "(faces of identities disjoint from the victims)"
+            )
+        t0 = time.perf_counter()
+        self.fit(model, aux, seed=seed)
+        fit_s = time.perf_counter() - t0
+        recon = self.reconstruct(model, faces, seed=seed + 1)
+        scores = score_images(recon, faces, labels, seed=seed, judge=judge)
+        return {
+            "attack": self.name,
+            "method": method_name(model),
+            "n": int(len(faces)),
+            "aux": int(len(aux)),
+            "seed": int(seed),
+            **scores,
+            "train_l1": self.history[-1],
+            "fit_seconds": fit_s,
+            **self.settings(),
+        }
+
+    def settings(self) -> dict[str, Any]:
+        return {"width": self.width, "epochs": self.epochs, "batch_size": self.batch_size}
