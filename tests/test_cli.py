@@ -102,13 +102,42 @@ def test_demo_end_to_end(tmp_path, monkeypatch):
         "DEMO_EPOCHS",
         {"arcface": {"recognizer": 1}, "minusface": {"residue": 1, "protected": 1}},
     )
+    monkeypatch.setattr(ppfr.demo, "DEMO_ATTACK", {"width": 2, "epochs": 1})
     res = runner.invoke(app, ["demo", "--out", str(tmp_path)])
     assert res.exit_code == 0, res.output
-    results = json.loads((tmp_path / "results.json").read_text())
+    results = json.loads((tmp_path / "report.json").read_text())
     assert set(results["methods"]) == {"arcface", "minusface"}
     for r in results["methods"].values():
         assert 0.4 < r["accuracy"] <= 1 and r["protect_ms"] > 0
+        for attack in ("viewing", "recovery"):
+            scores = r["attacks"][attack]
+            assert 0 <= scores["leakage"] <= 1 and -1 <= scores["ssim"] <= 1
+    # the unprotected baseline shows the face itself to the viewing attack
+    assert results["methods"]["arcface"]["attacks"]["viewing"]["ssim"] > 0.99
+    page = (tmp_path / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 3  # plot + one grid per method
+    assert "minusface" in page and "recovery leakage" in page
     assert not set(results["data"]["train_identities"]) & set(results["data"]["test_identities"])
     assert "| minusface |" in (tmp_path / "results.md").read_text()
     res = runner.invoke(app, ["demo", "--out", str(tmp_path), "--methods", "partialfac"])
     assert res.exit_code == 2 and "no demo preset" in res.output
+
+
+def test_attack_command(bundle, tmp_path):
+    out = tmp_path / "scores.json"
+    grid = tmp_path / "grid.png"
+    # 36 victim people, the attacker's own faces from the other 4: a small, fast attack
+    args = ["attack", "--model", str(bundle), "--test-identities", "36", "--width", "2"]
+    more = ["--attack", "recovery", "--epochs", "1", "--json", str(out), "--grid", str(grid)]
+    res = runner.invoke(app, [*args, *more])
+    assert res.exit_code == 0, res.output
+    report = json.loads(out.read_text())
+    assert report["attack"] == "recovery" and report["method"] == "minusface"
+    assert report["n"] == 360 and report["aux"] == 40
+    assert 0 <= report["leakage"] <= 1 and grid.stat().st_size > 1000
+    assert "leakage" in res.output
+
+    res = runner.invoke(app, [*args, "--attack", "viewin"])
+    assert res.exit_code == 2 and "unknown attack" in res.output
+    res = runner.invoke(app, [*args, "--test-identities", "40"])
+    assert res.exit_code == 2 and "test-identities" in res.output

