@@ -89,7 +89,15 @@ class _PgServer:
             self.port = _free_port()
             opts = f"-k {self.root} -h 127.0.0.1 -p {self.port}"
             r = self._run(
-                "pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", opts, "-w", "start",
+                "pg_ctl",
+                "-D",
+                str(self.data),
+                "-l",
+                str(self.log),
+                "-o",
+                opts,
+                "-w",
+                "start",
                 check=False,
             )
             if r.returncode == 0:
