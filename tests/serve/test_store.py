@@ -309,3 +309,25 @@ def test_acknowledged_enrolments_survive_sigkill(store_url):
         assert len(m) % 3 == 0 and len(m) >= 3 * len(acked)
         assert _raw_counts(store_url) == (len(m), len(m))
         assert s.version("g") == len(m) // 3
+
+
+def test_enroll_many_is_one_transaction(store):
+    t, k = _rows(5, 1), _rows(5, 2)
+    ids = store.enroll_many("g", ["a", "b", "a", "c", "b"], t, k)
+    assert store.version("g") == 1 and len(ids) == 5
+    m = store.load("g")
+    assert list(m.subjects) == ["a", "b", "a", "c", "b"]
+    np.testing.assert_array_equal(m.keys, k)
+    with pytest.raises(InputError, match="2 subject names for 5"):
+        store.enroll_many("g", ["a", "b"], t, k)
+    with pytest.raises(InputError, match="subject name"):
+        store.enroll_many("g", ["a", "b", "", "c", "d"], t, k)
+    assert store.version("g") == 1
+
+
+def test_missing_postgres_binaries_say_how_to_install(monkeypatch):
+    from ppfr.serve import _pgserver
+
+    monkeypatch.setattr(_pgserver, "find_bindir", lambda: None)
+    with pytest.raises(_pgserver.PostgresUnavailable, match="apt-get install postgresql-15"):
+        _pgserver.TempPostgres()

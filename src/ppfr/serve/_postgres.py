@@ -205,7 +205,7 @@ class PostgresStore(GalleryStore):
 
     # --- galleries ----------------------------------------------------------------------
     def _enroll(
-        self, gallery: str, subject: str, templates: np.ndarray, keys: np.ndarray | None
+        self, gallery: str, subjects: list[str], templates: np.ndarray, keys: np.ndarray | None
     ) -> list[int]:
         n, dim = templates.shape
         protected = keys is not None
@@ -235,7 +235,7 @@ class PostgresStore(GalleryStore):
             ) as copy:
                 copy.set_types(["int8", "int8", "text", "bytea", "float8"])
                 for j, i in enumerate(ids):
-                    copy.write_row((i, gid, subject, templates[j].tobytes(), now))
+                    copy.write_row((i, gid, subjects[j], templates[j].tobytes(), now))
             if keys is not None:
                 with cur.copy(
                     "COPY ppfr_keys.template_keys (template_id, key) FROM STDIN (FORMAT BINARY)"
