@@ -1,0 +1,201 @@
+"""ppfr.slerpface against the brief's definition, with a slow reference written here."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ppfr.errors import InputError
+from ppfr.slerpface import SlerpFace, SlerpFaceConfig, group_weights_from_templates
+
+DIM = 128
+
+
+def clustered(persons=6, per=4, dim=DIM, spread=0.35, seed=0):
+    """Unit templates of ``persons`` identities, ``per`` noisy samples around each centre."""
+    g = torch.Generator().manual_seed(seed)
+    centres = F.normalize(torch.randn(persons, dim, generator=g), dim=1)
+    noise = torch.randn(persons, per, dim, generator=g) * spread / math.sqrt(dim)
+    t = F.normalize((centres[:, None] + noise).reshape(-1, dim), dim=1)
+    labels = torch.arange(persons).repeat_interleave(per)
+    return t, labels
+
+
+def reference_score(sf, q, p, k):
+    """Brief section 3, one group at a time, in float64 (slerp by its formula)."""
+    s = sf.group_size
+    total = 0.0
+    for g in range(sf.num_groups):
+        sl = slice(g * s, (g + 1) * s)
+        qg = q[sl].double() / q[sl].double().norm()
+        kg = k[sl].double() / k[sl].double().norm()
+        theta = torch.arccos((qg @ kg).clamp(-1, 1))
+        a = sf.config.alpha - float(sf.weights[g])
+        rot = (torch.sin((1 - a) * theta) * qg + torch.sin(a * theta) * kg) / torch.sin(theta)
+        # same dropped entries as the protected template: the drop_counts smallest |k|
+        order = sorted(range(s), key=lambda i: (abs(float(k[sl][i])), i))
+        keep = torch.ones(s, dtype=torch.bool)
+        keep[order[: int(sf.drop_counts[g])]] = False
+        rot = torch.where(keep, rot, torch.zeros_like(rot))
+        rot = rot / rot.norm()
+        total += float(rot @ p[sl].double())
+    return total
+
+
+def test_protect_shape_and_finite():
+    sf = SlerpFace(DIM)
+    t, _ = clustered()
+    k = sf.draw_keys(len(t), generator=torch.Generator().manual_seed(1))
+    p = sf.protect(t, k)
+    assert p.shape == t.shape and p.dtype == torch.float32
+    assert torch.isfinite(p).all()
+    # the dropped entries are exactly zero, the rest keeps norm m_g per group
+    groups = p.view(len(t), sf.num_groups, sf.group_size)
+    zeros = (groups == 0).sum(-1)
+    assert torch.equal(zeros, sf.drop_counts.expand_as(zeros))
+    assert torch.allclose(groups.norm(dim=-1), sf.weights.expand(len(t), -1), atol=1e-6)
+    # protection moves the template: p is not t in disguise
+    assert (F.cosine_similarity(p, t) < 0.5).all()
+
+
+def test_same_person_scores_higher():
+    sf = SlerpFace(DIM)
+    t, labels = clustered()
+    k = sf.draw_keys(len(t), generator=torch.Generator().manual_seed(2))
+    p = sf.protect(t, k)
+    s = sf.scores(t, p, k)
+    same = labels[:, None] == labels[None, :]
+    off = ~torch.eye(len(t), dtype=torch.bool)
+    genuine, impostor = s[same & off], s[~same]
+    assert genuine.min() > impostor.max()
+    assert genuine.mean() - impostor.mean() > 3 * impostor.std()
+
+
+def test_renewability_new_key_does_not_match():
+    sf = SlerpFace(DIM)
+    t, labels = clustered()
+    gen = torch.Generator().manual_seed(3)
+    k1, k2 = sf.draw_keys(len(t), generator=gen), sf.draw_keys(len(t), generator=gen)
+    p1, p2 = sf.protect(t, k1), sf.protect(t, k2)
+    # the stolen p1 compared as if it were enrolled under the new key k2 ...
+    cross = sf.scores(p1 / p1.norm(dim=1, keepdim=True), p2, k2).diag()
+    # ... falls below a threshold that accepts every other sample of the same person
+    fresh = sf.scores(t, p2, k2)
+    same = labels[:, None] == labels[None, :]
+    genuine = fresh[same & ~torch.eye(len(t), dtype=torch.bool)]
+    impostor = fresh[~same]
+    threshold = (genuine.min() + impostor.max()) / 2
+    assert genuine.min() > impostor.max()
+    assert cross.max() < threshold
+    # the two protected records of one template look unrelated
+    assert F.cosine_similarity(p1, p2).abs().max() < 0.5
+
+
+def test_scores_match_reference_loop():
+    torch.manual_seed(0)
+    weights = torch.rand(DIM // 16) + 0.2
+    sf = SlerpFace(DIM, SlerpFaceConfig(drop=0.4), weights=weights)
+    t, _ = clustered(persons=3, per=2)
+    q, _ = clustered(persons=2, per=2, seed=5)
+    k = sf.draw_keys(len(t), generator=torch.Generator().manual_seed(4))
+    p = sf.protect(t, k)
+    fast = sf.scores(q, p, k)
+    slow = torch.tensor(
+        [[reference_score(sf, qi, pj, kj) for pj, kj in zip(p, k, strict=True)] for qi in q],
+        dtype=torch.float64,
+    )
+    assert torch.allclose(fast.double(), slow, atol=1e-5)
+    # the query equal to the enrolled template scores exactly 1 (weights sum to 1)
+    assert torch.allclose(sf.scores(t, p, k).diag(), torch.ones(len(t)), atol=1e-5)
+
+
+def test_scores_blocking_matches_single_block(monkeypatch):
+    import ppfr.slerpface as mod
+
+    sf = SlerpFace(DIM)
+    t, _ = clustered()
+    k = sf.draw_keys(len(t), generator=torch.Generator().manual_seed(6))
+    p = sf.protect(t, k)
+    whole = sf.scores(t, p, k)
+    monkeypatch.setattr(mod, "_SCORE_BYTES", 1)  # one stored template per block
+    assert torch.allclose(sf.scores(t, p, k), whole, atol=1e-6)
+
+
+def test_uniform_weights_by_default_and_drop_schedule():
+    sf = SlerpFace(DIM)
+    assert torch.allclose(sf.weights, torch.full((8,), 1 / 8))
+    assert torch.allclose(sf.alphas, torch.full((8,), 0.9 - 1 / 8))
+    assert (sf.drop_counts == 8).all()  # drop 0.5 of 16 everywhere
+    # non-uniform: low-attention groups drop more, and weights are normalised
+    w = torch.tensor([4.0, 1, 1, 1, 1, 1, 1, 0.0])
+    sw = SlerpFace(DIM, weights=w)
+    assert math.isclose(float(sw.weights.sum()), 1.0, rel_tol=1e-6)
+    assert sw.drop_counts[0] < sw.drop_counts[1] < sw.drop_counts[7]
+    assert sw.drop_counts.max() <= 15  # every group keeps an entry
+
+    class Rated:
+        def template_group_weights(self):
+            return w
+
+    assert torch.allclose(SlerpFace.from_model(Rated(), DIM).weights, sw.weights)
+    assert torch.allclose(SlerpFace.from_model(object(), DIM).weights, sf.weights)
+
+
+def test_group_weights_from_templates_prefer_informative_groups():
+    t, labels = clustered(persons=8, per=3, dim=32, spread=0.2)
+    # destroy identity in the second group: replace it by noise
+    t = t.clone()
+    t[:, 16:] = torch.randn(len(t), 16, generator=torch.Generator().manual_seed(0))
+    w = group_weights_from_templates(t, labels, group_size=16)
+    assert w.shape == (2,) and math.isclose(float(w.sum()), 1.0, rel_tol=1e-6)
+    assert w[0] > w[1]
+
+
+def test_bad_input_raises_input_error():
+    sf = SlerpFace(DIM)
+    t, _ = clustered()
+    k = sf.draw_keys(len(t))
+    with pytest.raises(InputError, match="multiple of group_size"):
+        SlerpFace(100)
+    with pytest.raises(InputError, match="weights must have"):
+        SlerpFace(DIM, weights=torch.ones(3))
+    with pytest.raises(InputError, match="non-negative"):
+        SlerpFace(DIM, weights=-torch.ones(8))
+    with pytest.raises(InputError, match="alpha"):
+        SlerpFaceConfig(alpha=1.5)
+    with pytest.raises(InputError, match="drop"):
+        SlerpFaceConfig(drop=1.0)
+    with pytest.raises(InputError, match=r"shape \(n, 128\)"):
+        sf.protect(t[:, :64], k)
+    with pytest.raises(InputError, match="one key per template"):
+        sf.protect(t, k[:3])
+    with pytest.raises(InputError, match="one key per protected"):
+        sf.scores(t, sf.protect(t, k), k[:2])
+    with pytest.raises(InputError, match="NaN"):
+        sf.protect(torch.full_like(t, float("nan")), k)
+    with pytest.raises(InputError, match="torch.Tensor"):
+        sf.scores(t.numpy(), t, k)
+    with pytest.raises(InputError, match="non-negative integer"):
+        sf.draw_keys(-1)
+
+
+def test_degenerate_geometry_stays_finite():
+    sf = SlerpFace(DIM)
+    k = sf.draw_keys(3, generator=torch.Generator().manual_seed(7))
+    t = torch.stack([k[0], -k[1], torch.zeros(DIM)])  # theta = 0, theta = pi, zero template
+    p = sf.protect(t, k)
+    assert torch.isfinite(p).all()
+    assert torch.isfinite(sf.scores(t, p, k)).all()
+
+
+def test_deterministic_with_seeded_generator():
+    sf = SlerpFace(DIM)
+    t, _ = clustered()
+    k1 = sf.draw_keys(len(t), generator=torch.Generator().manual_seed(9))
+    k2 = sf.draw_keys(len(t), generator=torch.Generator().manual_seed(9))
+    assert torch.equal(k1, k2)
+    assert torch.equal(sf.protect(t, k1), sf.protect(t, k2))
+    assert torch.equal(sf.scores(t, sf.protect(t, k1), k1), sf.scores(t, sf.protect(t, k2), k2))
+    k3 = sf.draw_keys(len(t), generator=torch.Generator().manual_seed(10))
+    assert not torch.equal(sf.protect(t, k1), sf.protect(t, k3))
