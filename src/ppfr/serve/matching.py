@@ -1,0 +1,258 @@
+r"""Identification and verification against a gallery, vectorised over a cached snapshot.
+
+A :class:`Matcher` keeps one snapshot per gallery (:class:`ppfr.serve.store.GalleryMatrix`
+with its rows sorted by subject) and reloads it only when ``store.version(gallery)``
+changes, so a request costs one cheap version query plus the scoring.
+
+**Scoring.** With SlerpFace protection, a query :math:`q` is scored against every stored
+pair (protected template :math:`p_i`, key :math:`k_i`) with
+:meth:`ppfr.slerpface.SlerpFace.scores`, which is vectorised over all templates: a batch
+of :math:`m` queries against :math:`n` templates is one :math:`O(m\,n\,D)` pass. In plain
+mode (``protection=None``) the score is the inner product :math:`q \cdot t_i` (the cosine
+similarity for L2-normalised templates), computed with a FAISS ``IndexFlatIP`` (or, for
+galleries of at least ``ivf_min_size`` templates, an approximate ``IndexIVFFlat``) when
+``use_faiss``, else one matrix product.
+
+**Per-subject best.** A subject may have several templates; its score is the best one.
+Rows are sorted by subject, so the per-subject maximum is ``np.maximum.reduceat`` over
+contiguous column segments, and the top-k subjects come from ``argpartition``.
+
+Plain mode stores templates that an inversion model can turn back into faces; see
+docs/deployment.md ("Storage") for the trade-off.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ppfr.errors import InputError, UnknownNameError
+from ppfr.serve.store import GalleryMatrix, GalleryStore
+
+if TYPE_CHECKING:  # pragma: no cover - import only for annotations
+    from ppfr.slerpface import SlerpFace
+
+__all__ = ["Matcher"]
+
+#: bound on the (queries x templates) score block held at once: 2**25 floats = 128 MiB
+_SCORE_BLOCK = 1 << 25
+
+
+@dataclass
+class _Snapshot:
+    """A gallery's rows sorted by subject, ready to score."""
+
+    version: int
+    names: np.ndarray  # (S,) object: subject names, sorted
+    starts: np.ndarray  # (S,) int64: first row of each subject
+    ends: np.ndarray  # (S,) int64: one past its last row
+    templates: Tensor  # (n, D) float32
+    keys: Tensor | None  # (n, D) float32
+    index: Any = None  # a FAISS index over ``templates`` (plain mode, use_faiss)
+    max_per_subject: int = 0
+
+    @property
+    def size(self) -> int:
+        return int(self.templates.shape[0])
+
+
+class Matcher:
+    """Vectorised 1:N identification and 1:1 verification over cached gallery snapshots.
+
+    Args:
+        store: where galleries live.
+        protection: the SlerpFace that protected the stored templates, or None for
+            plain-template galleries.
+        use_faiss: in plain mode, search with FAISS instead of a numpy/torch product.
+        ivf_min_size: in plain mode with FAISS, use an approximate IVF index for galleries
+            of at least this many templates (None: always exact ``IndexFlatIP``).
+        nprobe: IVF lists visited per query (more = slower, closer to exact).
+
+    Thread-safe: snapshots are immutable, and refreshing one is done under a lock.
+    """
+
+    def __init__(
+        self,
+        store: GalleryStore,
+        protection: SlerpFace | None,
+        *,
+        use_faiss: bool = False,
+        ivf_min_size: int | None = None,
+        nprobe: int = 32,
+    ) -> None:
+        if use_faiss and protection is not None:
+            raise InputError(
+                "use_faiss applies to plain templates only; SlerpFace scores need the keys"
+            )
+        self.store = store
+        self.protection = protection
+        self.use_faiss = use_faiss
+        self.ivf_min_size = ivf_min_size
+        self.nprobe = nprobe
+        self._cache: dict[str, _Snapshot] = {}
+        self._lock = threading.Lock()
+
+    # --- public API -------------------------------------------------------------------
+    def identify(
+        self, gallery: str, queries: Tensor, top_k: int = 5
+    ) -> list[list[tuple[str, float]]]:
+        """For each query, the ``top_k`` best-scoring subjects with their best score, descending.
+
+        Shape:
+            queries: (m, D) or (D,), the gallery's dimension.
+        """
+        if not isinstance(top_k, int) or top_k < 1:
+            raise InputError(f"top_k must be a positive integer, got {top_k!r}")
+        snap = self.snapshot(gallery)
+        q = self._queries(queries, snap, gallery)
+        if snap.size == 0:
+            return [[] for _ in range(q.shape[0])]
+        k = min(top_k, len(snap.names))
+        if snap.index is not None:
+            return self._identify_faiss(snap, q, k)
+        out: list[list[tuple[str, float]]] = []
+        block = max(1, _SCORE_BLOCK // snap.size)
+        for i in range(0, q.shape[0], block):
+            scores = self._scores(q[i : i + block], snap.templates, snap.keys).numpy()  # (b, n)
+            best = np.maximum.reduceat(scores, snap.starts, axis=1)  # (b, S)
+            top = np.argpartition(-best, k - 1, axis=1)[:, :k]
+            for row, cols in zip(best, top, strict=True):
+                cols = cols[np.argsort(-row[cols], kind="stable")]
+                out.append([(str(snap.names[c]), float(row[c])) for c in cols])
+        return out
+
+    def verify(self, gallery: str, query: Tensor, subject: str) -> float:
+        """The best score of ``query`` against ``subject``'s templates.
+
+        Shape:
+            query: (D,) or (1, D).
+
+        Raises:
+            UnknownNameError: ``subject`` has no templates in ``gallery``.
+        """
+        snap = self.snapshot(gallery)
+        q = self._queries(query, snap, gallery)
+        if q.shape[0] != 1:
+            raise InputError(f"verify takes one query, got {q.shape[0]}")
+        c = int(np.searchsorted(snap.names, subject)) if len(snap.names) else 0
+        if c >= len(snap.names) or snap.names[c] != subject:
+            raise UnknownNameError(f"subject {subject!r} is not enrolled in gallery {gallery!r}")
+        rows = slice(int(snap.starts[c]), int(snap.ends[c]))
+        keys = None if snap.keys is None else snap.keys[rows]
+        return float(self._scores(q, snap.templates[rows], keys).max())
+
+    def snapshot(self, gallery: str) -> _Snapshot:
+        """The cached snapshot of ``gallery``, reloaded if the store's version moved on."""
+        version = self.store.version(gallery)
+        snap = self._cache.get(gallery)
+        if snap is not None and snap.version == version:
+            return snap
+        with self._lock:
+            snap = self._cache.get(gallery)
+            if snap is None or snap.version != version:
+                snap = self._build(gallery, self.store.load(gallery))
+                self._cache[gallery] = snap
+            return snap
+
+    # --- internals ----------------------------------------------------------------------
+    def _build(self, gallery: str, m: GalleryMatrix) -> _Snapshot:
+        n = len(m)
+        if n and self.protection is not None and m.keys is None:
+            raise InputError(
+                f"gallery {gallery!r} holds plain templates but this matcher uses SlerpFace"
+            )
+        if n and self.protection is None and m.keys is not None:
+            raise InputError(
+                f"gallery {gallery!r} holds SlerpFace-protected templates; "
+                "match it with protection=SlerpFace(...)"
+            )
+        order = np.argsort(m.subjects, kind="stable") if n else np.zeros(0, np.int64)
+        subjects = m.subjects[order]
+        if n:
+            first = np.flatnonzero(np.r_[True, subjects[1:] != subjects[:-1]])
+        else:
+            first = np.zeros(0, np.int64)
+        ends = np.r_[first[1:], n].astype(np.int64)
+        templates = torch.from_numpy(np.ascontiguousarray(m.templates[order]))
+        keys = None
+        if m.keys is not None and n:
+            keys = torch.from_numpy(np.ascontiguousarray(m.keys[order]))
+        snap = _Snapshot(
+            version=m.version,
+            names=subjects[first],
+            starts=first.astype(np.int64),
+            ends=ends,
+            templates=templates,
+            keys=keys,
+            max_per_subject=int((ends - first).max()) if n else 0,
+        )
+        if self.use_faiss and n:
+            snap.index = self._faiss_index(templates.numpy())
+        return snap
+
+    def _faiss_index(self, templates: np.ndarray) -> Any:
+        import faiss
+
+        n, d = templates.shape
+        if self.ivf_min_size is not None and n >= self.ivf_min_size:
+            nlist = max(1, int(4 * math.sqrt(n)))
+            quantizer = faiss.IndexFlatIP(d)
+            index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+            # train k-means on a seeded sample: deterministic and bounded in time
+            rng = np.random.default_rng(0)
+            sample = templates[np.sort(rng.choice(n, min(n, 64 * nlist), replace=False))]
+            index.train(sample)
+            index.nprobe = min(self.nprobe, nlist)
+        else:
+            index = faiss.IndexFlatIP(d)
+        index.add(templates)
+        return index
+
+    def _identify_faiss(self, snap: _Snapshot, q: Tensor, k: int) -> list[list[tuple[str, float]]]:
+        # The k-th best subject's best template ranks at most (k-1)*T + 1 among all rows
+        # (T = most templates any subject has), so k*T neighbours always hold the top k.
+        depth = min(snap.size, k * snap.max_per_subject)
+        scores, rows = snap.index.search(np.ascontiguousarray(q.numpy()), depth)
+        row_subject = np.repeat(np.arange(len(snap.names)), snap.ends - snap.starts)
+        out = []
+        for srow, rrow in zip(scores, rows, strict=True):
+            seen: dict[int, float] = {}
+            for s, r in zip(srow.tolist(), rrow.tolist(), strict=True):
+                if r < 0:  # IVF may return fewer than asked
+                    break
+                c = int(row_subject[r])
+                if c not in seen:
+                    seen[c] = s
+                    if len(seen) == k:
+                        break
+            out.append([(str(snap.names[c]), float(s)) for c, s in seen.items()])
+        return out
+
+    def _scores(self, q: Tensor, templates: Tensor, keys: Tensor | None) -> Tensor:
+        """(m, n) scores of queries against stored rows."""
+        with torch.no_grad():
+            if self.protection is not None:
+                return self.protection.scores(q, templates, keys)
+            return q @ templates.T
+
+    @staticmethod
+    def _queries(queries: Tensor, snap: _Snapshot, gallery: str) -> Tensor:
+        q = torch.as_tensor(queries).detach().to("cpu", torch.float32)
+        if q.ndim == 1:
+            q = q[None]
+        if q.ndim != 2 or q.shape[0] == 0:
+            raise InputError(f"queries must have shape (m, dim), got {tuple(q.shape)}")
+        dim = int(snap.templates.shape[1])
+        if snap.size and q.shape[1] != dim:
+            raise InputError(
+                f"gallery {gallery!r} holds {dim}-d templates; the queries are {q.shape[1]}-d"
+            )
+        if not torch.isfinite(q).all():
+            raise InputError("queries contain NaN or infinite values")
+        return q.contiguous()
