@@ -39,6 +39,9 @@ def _mount() -> None:
     app.add_typer(bench_app, name="bench")
     app.command("align")(align_cmd)
     app.add_typer(judge_app, name="judge")
+    from ppfr.cli_serve import mount as mount_serve  # serve, keys, client, calibrate, export
+
+    mount_serve(app)
 
 
 @app.command()
