@@ -209,6 +209,50 @@ class Service:
         }
 
 
+# ---- request dependencies (module level: FastAPI resolves their annotations by name)
+def _svc(request: Request) -> Service:
+    return request.app.state.service
+
+
+async def _body(request: Request) -> bytes:
+    """The request body, refused (413) as soon as it is known to pass the limit."""
+    svc = _svc(request)
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype != wire.MEDIA_TYPE:
+        raise ServiceError(415, f"body must be {wire.MEDIA_TYPE} (a ppfr wire message)")
+    length = request.headers.get("content-length")
+    if length is not None:
+        if not length.isdigit():
+            raise InputError("invalid Content-Length")
+        if int(length) > svc.max_body_bytes:
+            raise ServiceError(413, f"body of {int(length):,} bytes exceeds {svc.max_body_bytes:,}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > svc.max_body_bytes:
+            raise ServiceError(413, f"body exceeds {svc.max_body_bytes:,} bytes")
+        chunks.append(chunk)
+    request.state.body_bytes = size
+    return b"".join(chunks)
+
+
+def _key(request: Request) -> Any:
+    record = _svc(request).auth.authenticate(token_from_headers(request.headers))
+    request.state.key_id = record.key_id
+    return record
+
+
+def _gallery(gallery: str, request: Request, record: Annotated[Any, Depends(_key)]) -> str:
+    check_gallery_name(gallery)
+    _svc(request).auth.authorize(record, gallery)
+    request.state.gallery = gallery
+    return gallery
+
+
+Gallery = Annotated[str, Depends(_gallery)]
+Body = Annotated[bytes, Depends(_body)]
+
+
 def create_app(
     model_dir: str | os.PathLike,
     db_url: str = "sqlite:///ppfr-gallery.db",
@@ -238,47 +282,12 @@ def create_app(
     app.state.service = svc
     _install_handlers(app)
 
-    async def body(request: Request) -> bytes:
-        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if ctype != wire.MEDIA_TYPE:
-            raise ServiceError(415, f"body must be {wire.MEDIA_TYPE} (a ppfr wire message)")
-        length = request.headers.get("content-length")
-        if length is not None:
-            if not length.isdigit():
-                raise InputError("invalid Content-Length")
-            if int(length) > svc.max_body_bytes:
-                raise ServiceError(
-                    413, f"body of {int(length):,} bytes exceeds {svc.max_body_bytes:,}"
-                )
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > svc.max_body_bytes:
-                raise ServiceError(413, f"body exceeds {svc.max_body_bytes:,} bytes")
-            chunks.append(chunk)
-        request.state.body_bytes = size
-        return b"".join(chunks)
-
-    def key(request: Request) -> Any:
-        record = svc.auth.authenticate(token_from_headers(request.headers))
-        request.state.key_id = record.key_id
-        return record
-
-    def gallery_key(gallery: str, request: Request, record=Depends(key)) -> str:
-        check_gallery_name(gallery)
-        svc.auth.authorize(record, gallery)
-        request.state.gallery = gallery
-        return gallery
-
-    Gallery = Annotated[str, Depends(gallery_key)]
-    Body = Annotated[bytes, Depends(body)]
-
     @app.get("/v1/health")
     def health() -> dict[str, str]:
         """Liveness; needs no key."""
         return {"status": "ok"}
 
-    @app.get("/v1/info", dependencies=[Depends(key)])
+    @app.get("/v1/info", dependencies=[Depends(_key)])
     def info() -> dict[str, Any]:
         """What this server expects from clients."""
         return svc.info()

@@ -11,8 +11,8 @@ people who will be enrolled:
 3. score every template as a query against every other image's protected template: pairs
    of different people are impostor pairs (30*10 x 27*10 = 81,000 ordered pairs), of the
    same person genuine pairs (2,700);
-4. the threshold is the largest that keeps the impostor accept rate at most ``far``
-   (:func:`ppfr.eval.verification.threshold_at_far` on the negated scores).
+4. the threshold is the lowest that keeps the impostor accept rate at most ``far``
+   when accepting ``score > threshold``.
 
 Honest caveats, written into the file: the model was trained on these identities, so
 impostor scores on them are likely lower than on strangers and the FAR on new people can
@@ -26,6 +26,7 @@ Output: ``calibration.toml`` beside the bundle, read by :func:`ppfr.serve.app.cr
 
 from __future__ import annotations
 
+import math
 import os
 import time
 import tomllib
@@ -37,7 +38,6 @@ import tomli_w
 import torch
 
 from ppfr.errors import CheckpointError, InputError
-from ppfr.eval.verification import threshold_at_far
 
 CALIBRATION_FILE = "calibration.toml"
 
@@ -80,13 +80,15 @@ def calibrate_scores(scores: np.ndarray, labels: np.ndarray, far: float) -> dict
     same = labels[:, None] == labels[None, :]
     off = ~np.eye(len(labels), dtype=bool)
     s, issame = scores[off], same[off]
-    t = threshold_at_far(-s, issame, far)
-    if t is None:
+    imp = np.sort(s[~issame])[::-1]  # impostor scores, best first
+    allowed = math.floor(far * len(imp) + 1e-9)  # false accepts we may make
+    if allowed < 1:
         raise InputError(
-            f"FAR {far:g} needs at least {int(np.ceil(1 / far)):,} impostor pairs, "
-            f"there are {int((~issame).sum()):,}"
+            f"FAR {far:g} needs at least {math.ceil(1 / far):,} impostor pairs, "
+            f"there are {len(imp):,}"
         )
-    threshold = -t
+    # accepting score > imp[allowed] takes in at most `allowed` impostors (fewer on ties)
+    threshold = float(imp[min(allowed, len(imp) - 1)])
     return {
         "threshold": float(threshold),
         "far_measured": float(np.mean(s[~issame] > threshold)),
