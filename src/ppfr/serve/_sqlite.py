@@ -239,7 +239,7 @@ class SQLiteStore(GalleryStore):
 
     # --- galleries ----------------------------------------------------------------------
     def _enroll(
-        self, gallery: str, subject: str, templates: np.ndarray, keys: np.ndarray | None
+        self, gallery: str, subjects: list[str], templates: np.ndarray, keys: np.ndarray | None
     ) -> list[int]:
         n, dim = templates.shape
         protected = keys is not None
@@ -268,7 +268,7 @@ class SQLiteStore(GalleryStore):
             db.executemany(
                 "INSERT INTO templates (id, gallery_id, subject, template, created) "
                 "VALUES (?, ?, ?, ?, ?)",
-                ((i, gid, subject, templates[j].tobytes(), now) for j, i in enumerate(ids)),
+                ((i, gid, subjects[j], templates[j].tobytes(), now) for j, i in enumerate(ids)),
             )
             if keys is not None:
                 db.executemany(

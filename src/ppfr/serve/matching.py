@@ -13,6 +13,26 @@ similarity for L2-normalised templates), computed with a FAISS ``IndexFlatIP`` (
 galleries of at least ``ivf_min_size`` templates, an approximate ``IndexIVFFlat``) when
 ``use_faiss``, else one matrix product.
 
+**Key-side work done once.** :meth:`SlerpFace.scores` recomputes, for every call, what
+depends only on the stored keys: the unit key groups :math:`\hat k_g` and the keep masks
+:math:`M_g` (an argsort of every key), which costs more than the scoring itself for one
+query. The matcher computes them once per snapshot and scores with the same formula,
+rearranged so the per-(query, template) work is four small batched matrix products plus a
+few operations per group. With :math:`c_g = \hat q_g \cdot \hat k_g`,
+:math:`\theta_g = \arccos c_g`, :math:`w_k = \sin(\alpha_g\theta_g)/\sin\theta_g`,
+:math:`w_t = \cos(\alpha_g\theta_g) - c_g w_k` (the slerp weights) and the protected group
+:math:`p_g` (zero outside :math:`M_g`):
+
+.. math:: s(q, p) = \sum_g \frac{w_t\, \hat q_g \cdot p_g + w_k\, \hat k_g \cdot p_g}
+          {\sqrt{w_t^2 \lVert M_g \hat q_g\rVert^2 + 2 w_t w_k\, \hat q_g \cdot M_g \hat k_g
+          + w_k^2 \lVert M_g \hat k_g \rVert^2}}
+
+i.e. :math:`\sum_g p_g \cdot \mathrm{unit}(M_g(w_t \hat q_g + w_k \hat k_g))`, exactly what
+``SlerpFace.scores`` computes (the tests check agreement to 1e-5).
+:math:`\hat k_g \cdot p_g` and :math:`\lVert M_g \hat k_g\rVert^2` are cached per template;
+the four dot products per group are batched matrix products over the group axis.
+``Matcher(..., precompute=False)`` calls ``SlerpFace.scores`` directly instead.
+
 **Per-subject best.** A subject may have several templates; its score is the best one.
 Rows are sorted by subject, so the per-subject maximum is ``np.maximum.reduceat`` over
 contiguous column segments, and the top-k subjects come from ``argpartition``.
@@ -42,6 +62,84 @@ __all__ = ["Matcher"]
 
 #: bound on the (queries x templates) score block held at once: 2**25 floats = 128 MiB
 _SCORE_BLOCK = 1 << 25
+#: (groups x queries x templates) elements per scoring step: temporaries stay cache-sized
+_PAIR_BLOCK = 1 << 18
+#: rows per step when precomputing key-side quantities (argsort needs 8 bytes per value)
+_PREP_ROWS = 1 << 15
+_EPS = 1e-12  # norm floor, as in ppfr.slerpface
+_SIN_EPS = 1e-6  # below this sin(theta), slerp weights take their linear limit
+
+
+@dataclass
+class _KeyCache:
+    """Key-side quantities of SlerpFace scoring, computed once per snapshot.
+
+    Shape:
+        k_hat: (n, G, s) unit key groups.
+        keep: (n, G, s) bool keep masks M_g.
+        kp: (n, G) k_hat_g . p_g.
+        mk2: (n, G) |M_g k_hat_g|^2.
+    """
+
+    k_hat: Tensor
+    keep: Tensor
+    kp: Tensor
+    mk2: Tensor
+
+    @classmethod
+    def build(cls, sf: SlerpFace, protected: Tensor, keys: Tensor) -> _KeyCache:
+        n, g, s = keys.shape[0], sf.num_groups, sf.group_size
+        k_hat = torch.empty(n, g, s)
+        keep = torch.empty(n, g, s, dtype=torch.bool)
+        kp = torch.empty(n, g)
+        mk2 = torch.empty(n, g)
+        for lo in range(0, n, _PREP_ROWS):
+            hi = min(n, lo + _PREP_ROWS)
+            k = keys[lo:hi].reshape(hi - lo, g, s)
+            kh = k / k.norm(dim=-1, keepdim=True).clamp_min(_EPS)
+            mask = sf._keep_mask(keys[lo:hi])
+            k_hat[lo:hi] = kh
+            keep[lo:hi] = mask
+            kp[lo:hi] = (kh * protected[lo:hi].reshape(hi - lo, g, s)).sum(-1)
+            mk2[lo:hi] = (kh * kh * mask).sum(-1)
+        return cls(k_hat, keep, kp, mk2)
+
+    def __getitem__(self, rows: slice) -> _KeyCache:
+        return _KeyCache(self.k_hat[rows], self.keep[rows], self.kp[rows], self.mk2[rows])
+
+
+def _slerp_scores(sf: SlerpFace, q: Tensor, protected: Tensor, cache: _KeyCache) -> Tensor:
+    """SlerpFace scores of queries against stored rows, using the key cache.
+
+    Shape:
+        q: (m, D); protected: (n, D) -> (m, n).
+    """
+    m, n, g, s = q.shape[0], protected.shape[0], sf.num_groups, sf.group_size
+    qg = q.reshape(m, g, s)
+    qg = qg / qg.norm(dim=-1, keepdim=True).clamp_min(_EPS)
+    qt = qg.transpose(0, 1).contiguous()  # (G, m, s)
+    q2 = qt * qt
+    a = sf.alphas.view(g, 1, 1)
+    out = torch.empty(m, n)
+    chunk = max(64, _PAIR_BLOCK // (g * m))
+    for lo in range(0, n, chunk):
+        hi = min(n, lo + chunk)
+        kh = cache.k_hat[lo:hi]
+        keep = cache.keep[lo:hi].float()
+        # (G, m, c) per-group dot products, each a batched matmul over the group axis
+        cos = torch.bmm(qt, kh.permute(1, 2, 0)).clamp_(-1.0, 1.0)
+        qmk = torch.bmm(qt, (kh * keep).permute(1, 2, 0))
+        qp = torch.bmm(qt, protected[lo:hi].reshape(hi - lo, g, s).permute(1, 2, 0))
+        mq2 = torch.bmm(q2, keep.permute(1, 2, 0))
+        theta = torch.arccos(cos)
+        sin = (1.0 - cos * cos).clamp_min_(0.0).sqrt_()
+        small = sin < _SIN_EPS
+        wk = torch.where(small, a.expand_as(sin), torch.sin(a * theta) / sin.clamp_min(_SIN_EPS))
+        wt = torch.where(small, (1.0 - a).expand_as(sin), torch.cos(a * theta) - cos * wk)
+        num = wt * qp + wk * cache.kp[lo:hi].T.unsqueeze(1)
+        den2 = wt * wt * mq2 + 2.0 * wt * wk * qmk + wk * wk * cache.mk2[lo:hi].T.unsqueeze(1)
+        out[:, lo:hi] = (num / den2.clamp_min_(0.0).sqrt_().clamp_min_(_EPS)).sum(0)
+    return out
 
 
 @dataclass
@@ -53,7 +151,8 @@ class _Snapshot:
     starts: np.ndarray  # (S,) int64: first row of each subject
     ends: np.ndarray  # (S,) int64: one past its last row
     templates: Tensor  # (n, D) float32
-    keys: Tensor | None  # (n, D) float32
+    keys: Tensor | None  # (n, D) float32 (None once a key cache replaces them)
+    key_cache: _KeyCache | None = None
     index: Any = None  # a FAISS index over ``templates`` (plain mode, use_faiss)
     max_per_subject: int = 0
 
@@ -73,6 +172,9 @@ class Matcher:
         ivf_min_size: in plain mode with FAISS, use an approximate IVF index for galleries
             of at least this many templates (None: always exact ``IndexFlatIP``).
         nprobe: IVF lists visited per query (more = slower, closer to exact).
+        precompute: in SlerpFace mode, compute the key-side quantities once per snapshot
+            (fast; the snapshot holds unit keys + masks instead of keys, ~4.9 KB per 512-d
+            template) instead of calling ``SlerpFace.scores`` for every request.
 
     Thread-safe: snapshots are immutable, and refreshing one is done under a lock.
     """
@@ -85,6 +187,7 @@ class Matcher:
         use_faiss: bool = False,
         ivf_min_size: int | None = None,
         nprobe: int = 32,
+        precompute: bool = True,
     ) -> None:
         if use_faiss and protection is not None:
             raise InputError(
@@ -95,6 +198,7 @@ class Matcher:
         self.use_faiss = use_faiss
         self.ivf_min_size = ivf_min_size
         self.nprobe = nprobe
+        self.precompute = precompute
         self._cache: dict[str, _Snapshot] = {}
         self._lock = threading.Lock()
 
@@ -119,7 +223,7 @@ class Matcher:
         out: list[list[tuple[str, float]]] = []
         block = max(1, _SCORE_BLOCK // snap.size)
         for i in range(0, q.shape[0], block):
-            scores = self._scores(q[i : i + block], snap.templates, snap.keys).numpy()  # (b, n)
+            scores = self._scores(q[i : i + block], snap, slice(None)).numpy()  # (b, n)
             best = np.maximum.reduceat(scores, snap.starts, axis=1)  # (b, S)
             top = np.argpartition(-best, k - 1, axis=1)[:, :k]
             for row, cols in zip(best, top, strict=True):
@@ -144,8 +248,7 @@ class Matcher:
         if c >= len(snap.names) or snap.names[c] != subject:
             raise UnknownNameError(f"subject {subject!r} is not enrolled in gallery {gallery!r}")
         rows = slice(int(snap.starts[c]), int(snap.ends[c]))
-        keys = None if snap.keys is None else snap.keys[rows]
-        return float(self._scores(q, snap.templates[rows], keys).max())
+        return float(self._scores(q, snap, rows).max())
 
     def snapshot(self, gallery: str) -> _Snapshot:
         """The cached snapshot of ``gallery``, reloaded if the store's version moved on."""
@@ -172,6 +275,11 @@ class Matcher:
                 f"gallery {gallery!r} holds SlerpFace-protected templates; "
                 "match it with protection=SlerpFace(...)"
             )
+        if n and self.protection is not None and m.templates.shape[1] != self.protection.dim:
+            raise InputError(
+                f"gallery {gallery!r} holds {m.templates.shape[1]}-d templates but the "
+                f"SlerpFace protection is for {self.protection.dim}-d ones"
+            )
         order = np.argsort(m.subjects, kind="stable") if n else np.zeros(0, np.int64)
         subjects = m.subjects[order]
         if n:
@@ -192,6 +300,9 @@ class Matcher:
             keys=keys,
             max_per_subject=int((ends - first).max()) if n else 0,
         )
+        if self.protection is not None and self.precompute and keys is not None:
+            snap.key_cache = _KeyCache.build(self.protection, templates, keys)
+            snap.keys = None  # the cache holds what scoring needs; free the raw keys
         if self.use_faiss and n:
             snap.index = self._faiss_index(templates.numpy())
         return snap
@@ -234,12 +345,15 @@ class Matcher:
             out.append([(str(snap.names[c]), float(s)) for c, s in seen.items()])
         return out
 
-    def _scores(self, q: Tensor, templates: Tensor, keys: Tensor | None) -> Tensor:
-        """(m, n) scores of queries against stored rows."""
+    def _scores(self, q: Tensor, snap: _Snapshot, rows: slice) -> Tensor:
+        """(m, n) scores of queries against the snapshot's ``rows``."""
+        templates = snap.templates[rows]
         with torch.no_grad():
-            if self.protection is not None:
-                return self.protection.scores(q, templates, keys)
-            return q @ templates.T
+            if self.protection is None:
+                return q @ templates.T
+            if snap.key_cache is not None:
+                return _slerp_scores(self.protection, q, templates, snap.key_cache[rows])
+            return self.protection.scores(q, templates, snap.keys[rows])
 
     @staticmethod
     def _queries(queries: Tensor, snap: _Snapshot, gallery: str) -> Tensor:

@@ -132,19 +132,39 @@ class GalleryStore(ABC):
                 the gallery's, or keys given to a plain gallery (or missing for a
                 protected one).
         """
-        _check_name(gallery, "gallery")
         _check_name(subject, "subject")
+        t = _as_rows(templates, "templates")
+        return self.enroll_many(gallery, [subject] * len(t), t, keys)
+
+    def enroll_many(
+        self,
+        gallery: str,
+        subjects: Sequence[str],
+        templates: np.ndarray,
+        keys: np.ndarray | None,
+    ) -> list[int]:
+        """Bulk :meth:`enroll`: row ``i`` belongs to ``subjects[i]``; one transaction.
+
+        Shape:
+            subjects: (n,) names; templates, keys: (n, D).
+        """
+        _check_name(gallery, "gallery")
         t = _as_rows(templates, "templates")
         k = None if keys is None else _as_rows(keys, "keys")
         if k is not None and k.shape != t.shape:
             raise InputError(f"keys have shape {k.shape} but templates have shape {t.shape}")
-        return self._enroll(gallery, subject, t, k)
+        names = [subjects] if isinstance(subjects, str) else list(subjects)
+        if len(names) != len(t):
+            raise InputError(f"got {len(names)} subject names for {len(t)} templates")
+        for name in set(names):
+            _check_name(name, "subject")
+        return self._enroll(gallery, names, t, k)
 
     @abstractmethod
     def _enroll(
-        self, gallery: str, subject: str, templates: np.ndarray, keys: np.ndarray | None
+        self, gallery: str, subjects: list[str], templates: np.ndarray, keys: np.ndarray | None
     ) -> list[int]:
-        """Backend part of :meth:`enroll`; arrays are validated little-endian float32."""
+        """Backend part of :meth:`enroll_many`; arrays are validated little-endian float32."""
 
     @abstractmethod
     def delete_subject(self, gallery: str, subject: str) -> int:
