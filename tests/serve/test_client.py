@@ -34,6 +34,7 @@ def test_sdk_roundtrip(sdk):
     c.enroll("g1", "bob", [faces[2]])
     assert c.subjects("g1") == ["ann", "bob"]
     assert c.stats("g1")["templates"] == 3
+    c.batch_size = 1  # two requests
     res = c.identify("g1", [faces[0], faces[3]], top_k=2)
     assert len(res) == 2 and all(len(r["candidates"]) == 2 for r in res)
     # the protection is random per call: the same face gives a different representation

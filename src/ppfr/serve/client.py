@@ -57,6 +57,8 @@ class Client:
         timeout: seconds per HTTP request.
         wire_dtype: ``"float32"`` or ``"float16"`` (half the bytes).
         generator: seeds the protection's randomness (tests); None draws it fresh.
+        batch_size: images per identify request (the server refuses batches over its
+            ``max_batch``, 64 by default); an enrolment is always one request.
         http: an ``httpx.Client`` to use instead of opening one (tests pass FastAPI's
             ``TestClient``); its base URL is used as is.
     """
@@ -71,12 +73,14 @@ class Client:
         timeout: float = 60.0,
         wire_dtype: str = "float32",
         generator: torch.Generator | None = None,
+        batch_size: int = 32,
         http: httpx.Client | None = None,
     ) -> None:
         self.url = url.rstrip("/")
         self.align = align
         self.wire_dtype = wire_dtype
         self.generator = generator
+        self.batch_size = batch_size
         self.model = None
         self.fingerprint: str | None = None
         if model is not None:
@@ -172,8 +176,14 @@ class Client:
         self, gallery: str, images: Sequence[ImageLike], top_k: int = 5
     ) -> list[dict[str, Any]]:
         """Per image: ``{"candidates": [{"subject", "score"}...], "match": subject or None}``."""
-        out = self._call("POST", f"{self._g(gallery)}/identify", self.protect(images), top_k=top_k)
-        return out["results"]
+        if isinstance(images, str | os.PathLike | np.ndarray | torch.Tensor):
+            images = [images]
+        results = []
+        for i in range(0, len(images), self.batch_size):  # the server caps a request's batch
+            body = self.protect(images[i : i + self.batch_size])
+            out = self._call("POST", f"{self._g(gallery)}/identify", body, top_k=top_k)
+            results += out["results"]
+        return results
 
     def verify(self, gallery: str, subject: str, image: ImageLike) -> dict[str, Any]:
         """``{"score", "match", "threshold", ...}`` of one image against ``subject``."""
