@@ -55,7 +55,7 @@ def main() -> None:
     for label, cfg in MODELS.items():
         with tempfile.TemporaryDirectory() as tmp:
             torch.manual_seed(0)
-            full = ppfr.create("minusface", **cfg)
+            full = ppfr.create("minusface", **cfg).eval()
             full.save(Path(tmp) / "m")
             server = ppfr.load(Path(tmp) / "m", part="server")
             with torch.inference_mode():

@@ -159,6 +159,13 @@ def test_threshold_sources(bundle, tmp_path):
     app = create_app(model_dir, f"sqlite:///{tmp_path / 'other.db'}")
     assert app.state.service.threshold.value == 0.42
     assert read_calibration(model_dir)["far"] == 0.001
+    (model_dir / "calibration.toml").write_text(
+        'threshold = 0.42\nfar = 0.001\ndata = "x"\nserver_fingerprint = "' + "ab" * 32 + '"\n'
+    )
+    with pytest.raises(InputError, match="made for server model abababababab"):
+        create_app(model_dir, f"sqlite:///{tmp_path / 'other.db'}")
+    app = create_app(model_dir, f"sqlite:///{tmp_path / 'other.db'}", threshold=0.3)
+    assert app.state.service.threshold.value == 0.3  # an explicit threshold wins
     (model_dir / "calibration.toml").write_text("threshold = 'x'")
     with pytest.raises(ppfr.CheckpointError, match="corrupt calibration"):
         read_calibration(model_dir)

@@ -94,8 +94,13 @@ class Threshold:
     source: str
 
 
-def resolve_threshold(model_dir: Path, threshold: float | None) -> Threshold:
-    """``threshold`` if given, else ``calibration.toml`` beside the bundle, else none."""
+def resolve_threshold(
+    model_dir: Path, threshold: float | None, server_fingerprint: str | None = None
+) -> Threshold:
+    """``threshold`` if given, else ``calibration.toml`` beside the bundle, else none.
+
+    A calibration made for another server model (its ``server_fingerprint``) is refused.
+    """
     if threshold is not None:
         if not np.isfinite(threshold):
             raise InputError(f"threshold must be a finite number, got {threshold}")
@@ -106,6 +111,12 @@ def resolve_threshold(model_dir: Path, threshold: float | None) -> Threshold:
     if cal is None:
         return Threshold(
             None, f"none (no --threshold and no {CALIBRATION_FILE}; run ppfr calibrate)"
+        )
+    made_for = cal.get("server_fingerprint")
+    if server_fingerprint and made_for and made_for != server_fingerprint:
+        raise InputError(
+            f"{model_dir / CALIBRATION_FILE} was made for server model {made_for[:12]}, not "
+            f"this bundle's {server_fingerprint[:12]}: rerun ppfr calibrate or pass --threshold"
         )
     return Threshold(
         float(cal["threshold"]),
@@ -148,7 +159,7 @@ class Service:
             raise InputError(f"max_body_bytes must be at least {wire.HEADER_BYTES}")
         self.max_body_bytes = int(max_body_bytes)
         self.max_batch = int(max_batch)
-        self.threshold = resolve_threshold(model_dir, threshold)
+        self.threshold = resolve_threshold(model_dir, threshold, self.server_fingerprint)
         self.store = open_store(db_url)
         self.dim = int(self.model.config.embedding_size)
         self.protection = SlerpFace.from_model(self.model, self.dim)
