@@ -26,6 +26,7 @@ import torch
 from _common import machine
 
 import ppfr
+from ppfr.attacks.metrics import psnr, ssim
 from ppfr.attacks.template_inversion import TemplateInversionAttack
 from ppfr.data.orl import load_orl, split_identities
 from ppfr.demo import TEST_IDENTITIES, train_preset
@@ -267,6 +268,19 @@ def main() -> None:
         model, test_set.faces, labels, seed=args.seed, judge=judge
     )
     inv_s = time.perf_counter() - t0
+    # reference: an attacker who knows nothing of the victim shows the mean auxiliary face
+    mean_face = ((train_set.faces.mean(0, keepdim=True) + 1) / 2).expand_as(test_set.faces)
+    originals = (test_set.faces + 1) / 2
+    e_orig = judge.embed(test_set.faces, value_range=(-1.0, 1.0))
+    e_mean = judge.embed(mean_face, value_range=(0.0, 1.0))
+    first = np.unique(labels, return_index=True)[1]
+    probe = np.setdiff1d(np.arange(len(labels)), first)
+    inv["no information (mean training face for every victim)"] = {
+        "ssim": ssim(mean_face, originals),
+        "psnr": psnr(mean_face, originals),
+        "leakage": judge.leakage(e_mean, e_orig, labels, seed=args.seed),
+        "rank1": judge.rank1(e_mean[probe], labels[probe], e_orig[first], labels[first]),
+    }
     results["inversion"] = inv
     results["inversion_train_l1"] = {"raw": plain.losses, "protected": adaptive.losses}
     print(
