@@ -261,7 +261,7 @@ class SlerpFace:
         """Similarity of every query to every protected template (higher = same person).
 
         Each query is rotated with each stored key, so the work is O(m * n * dim); it is done
-        in blocks of stored templates so that one block holds at most ~64 MiB.
+        in blocks of queries and stored templates so that one block holds at most ~64 MiB.
 
         Shape:
             queries ``(m, dim)``, protected ``(n, dim)``, keys ``(n, dim)`` -> ``(m, n)``.
@@ -279,16 +279,20 @@ class SlerpFace:
         if m == 0 or n == 0:
             return out
         q_hat = self._unit(self._groups(q)).unsqueeze(1)  # (m, 1, G, s)
-        # a few temporaries of (m, chunk, dim) floats live at once
-        chunk = max(1, _SCORE_BYTES // (4 * 4 * m * self.dim))
-        for lo in range(0, n, chunk):
-            hi = min(n, lo + chunk)
+        # a few temporaries of (mb, nb, dim) floats live at once: block both sides
+        per_pair = 4 * 4 * self.dim
+        mb = max(1, min(m, _SCORE_BYTES // per_pair))
+        nb = max(1, _SCORE_BYTES // (per_pair * mb))
+        for lo in range(0, n, nb):
+            hi = min(n, lo + nb)
             kc = k[lo:hi]
             k_hat = self._unit(self._groups(kc)).unsqueeze(0)  # (1, c, G, s)
-            rotated = self._slerp(q_hat, k_hat)  # (m, c, G, s)
-            masked = self._unit(rotated * self._keep_mask(kc).unsqueeze(0))
+            keep = self._keep_mask(kc).unsqueeze(0)
             pc = self._groups(p[lo:hi]).unsqueeze(0)  # (1, c, G, s)
-            out[:, lo:hi] = (masked * pc).sum(dim=(-1, -2))
+            for qlo in range(0, m, mb):
+                rotated = self._slerp(q_hat[qlo : qlo + mb], k_hat)  # (mb, c, G, s)
+                masked = self._unit(rotated * keep)
+                out[qlo : qlo + mb, lo:hi] = (masked * pc).sum(dim=(-1, -2))
         return out
 
 
