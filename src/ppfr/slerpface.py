@@ -52,9 +52,9 @@ renormalised to unit length; the score is
 a weighted mean of per-group cosines, in [-1, 1], higher for the same person. Because both
 sides are pulled towards the same key the scores of unrelated faces are also high (about
 :math:`\sin^2(\alpha \pi / 2) \approx 0.97` for :math:`\alpha \approx 0.9` and a 512-d
-template): the ordering follows the cosine of the raw templates, but the range is compressed
-near 1, so a decision threshold must be calibrated on protected scores, never reused from raw
-cosine similarity.
+template; 0.978 on ORL with the default drop, ``docs/templates.md``): the ordering
+follows the cosine of the raw templates, but the range is compressed near 1, so a decision
+threshold must be calibrated on protected scores, never reused from raw cosine similarity.
 
 Why it protects. Given :math:`p` alone, the template sits close to a random Gaussian
 direction (the key dominates), which is what an inversion model sees. Given :math:`p` *and*
@@ -75,6 +75,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -119,8 +120,10 @@ class SlerpFaceConfig:
 
 
 def _check_matrix(x: Any, dim: int, what: str) -> Tensor:
+    if isinstance(x, np.ndarray):  # stores hand back numpy matrices; accept them as they are
+        x = torch.from_numpy(x)
     if not isinstance(x, Tensor):
-        raise InputError(f"{what} must be a torch.Tensor, got {type(x).__name__}")
+        raise InputError(f"{what} must be a torch.Tensor or numpy array, got {type(x).__name__}")
     if x.ndim != 2 or x.shape[1] != dim:
         raise InputError(f"{what} must have shape (n, {dim}), got {tuple(x.shape)}")
     if not x.is_floating_point():
