@@ -38,14 +38,17 @@ def create_attack(name: str, **config: Any) -> Any:
 
 
 # register the built-in attacks
-from ppfr.attacks import viewing  # noqa: E402
+from ppfr.attacks import template_inversion, viewing  # noqa: E402
+from ppfr.attacks.template_inversion import TemplateInversionAttack  # noqa: E402
 from ppfr.attacks.viewing import ViewingAttack  # noqa: E402
 
 __all__ = [
     "ATTACKS",
+    "TemplateInversionAttack",
     "ViewingAttack",
     "create_attack",
     "list_attacks",
     "register_attack",
+    "template_inversion",
     "viewing",
 ]

@@ -72,6 +72,12 @@ _SCHEMA = [
         template_id BIGINT PRIMARY KEY REFERENCES ppfr_templates(id) ON DELETE CASCADE,
         key BYTEA NOT NULL
     )""",
+    # float32 bytes do not compress, and a 512-d row (2 KB) would otherwise be moved to
+    # the TOAST table: no compression attempts, and rows up to a page stay inline
+    "ALTER TABLE ppfr_templates ALTER COLUMN template SET STORAGE EXTERNAL",
+    "ALTER TABLE ppfr_templates SET (toast_tuple_target = 8160)",
+    "ALTER TABLE ppfr_keys.template_keys ALTER COLUMN key SET STORAGE EXTERNAL",
+    "ALTER TABLE ppfr_keys.template_keys SET (toast_tuple_target = 8160)",
 ]
 
 

@@ -287,10 +287,14 @@ class Matcher:
         else:
             first = np.zeros(0, np.int64)
         ends = np.r_[first[1:], n].astype(np.int64)
-        templates = torch.from_numpy(np.ascontiguousarray(m.templates[order]))
-        keys = None
-        if m.keys is not None and n:
-            keys = torch.from_numpy(np.ascontiguousarray(m.keys[order]))
+        # enrolment order is often subject order already: then skip the (large) copies
+        identity = bool((order == np.arange(n)).all())
+
+        def sort(a: np.ndarray) -> Tensor:
+            return torch.from_numpy(np.ascontiguousarray(a if identity else a[order]))
+
+        templates = sort(m.templates)
+        keys = sort(m.keys) if m.keys is not None and n else None
         snap = _Snapshot(
             version=m.version,
             names=subjects[first],
