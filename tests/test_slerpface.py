@@ -174,8 +174,11 @@ def test_bad_input_raises_input_error():
         sf.scores(t, sf.protect(t, k), k[:2])
     with pytest.raises(InputError, match="NaN"):
         sf.protect(torch.full_like(t, float("nan")), k)
-    with pytest.raises(InputError, match="torch.Tensor"):
-        sf.scores(t.numpy(), t, k)
+    with pytest.raises(InputError, match="torch.Tensor or numpy"):
+        sf.scores(t.tolist(), t, k)
+    # numpy matrices (what a gallery store returns) are accepted as they are
+    p = sf.protect(t, k)
+    assert torch.equal(sf.scores(t.numpy(), p.numpy(), k.numpy()), sf.scores(t, p, k))
     with pytest.raises(InputError, match="non-negative integer"):
         sf.draw_keys(-1)
 

@@ -21,8 +21,19 @@ from ppfr.errors import (  # noqa: E402
 )
 from ppfr.methods import Method, create, list_methods, load  # noqa: E402
 
+
+def __getattr__(name: str):
+    # lazy: the HTTP client (httpx) is only imported by those who use it
+    if name == "Client":
+        from ppfr.serve.client import Client
+
+        return Client
+    raise AttributeError(f"module 'ppfr' has no attribute {name!r}")
+
+
 __all__ = [
     "CheckpointError",
+    "Client",
     "DataError",
     "InputError",
     "Method",

@@ -41,6 +41,9 @@ def _mount() -> None:
     app.command("align")(align_cmd)
     app.add_typer(judge_app, name="judge")
     app.command("attack")(attack_cmd)
+    from ppfr.cli_serve import mount as mount_serve  # serve, keys, client, calibrate, export
+
+    mount_serve(app)
 
 
 @app.command()

@@ -38,20 +38,23 @@ def create_attack(name: str, **config: Any) -> Any:
 
 
 # register the built-in attacks
-from ppfr.attacks import adaptive, recovery, viewing  # noqa: E402
+from ppfr.attacks import adaptive, recovery, template_inversion, viewing  # noqa: E402
 from ppfr.attacks.adaptive import AdaptiveAttack  # noqa: E402
 from ppfr.attacks.recovery import RecoveryAttack  # noqa: E402
+from ppfr.attacks.template_inversion import TemplateInversionAttack  # noqa: E402
 from ppfr.attacks.viewing import ViewingAttack  # noqa: E402
 
 __all__ = [
     "ATTACKS",
     "AdaptiveAttack",
     "RecoveryAttack",
+    "TemplateInversionAttack",
     "ViewingAttack",
     "create_attack",
     "adaptive",
     "list_attacks",
     "recovery",
     "register_attack",
+    "template_inversion",
     "viewing",
 ]

@@ -1,0 +1,432 @@
+"""The recognition service: FastAPI over a gallery store, with SlerpFace-protected templates.
+
+``create_app(model_dir, db_url)`` loads only the *server* part of a bundle (no generator, no
+client weights), opens the gallery store and serves, under ``/v1``:
+
+==========================================================  ======  ==========================
+path                                                        method  what
+==========================================================  ======  ==========================
+``/v1/health``                                              GET     liveness (no key needed)
+``/v1/info``                                                GET     method, representation
+                                                                    shape/dtype, fingerprints,
+                                                                    threshold
+``/v1/galleries/{gallery}/subjects/{subject}``              POST    enroll (body: wire batch)
+``/v1/galleries/{gallery}/subjects/{subject}``              DELETE  delete a subject
+``/v1/galleries/{gallery}/subjects``                        GET     list subjects
+``/v1/galleries/{gallery}/subjects/{subject}/verify``       POST    1:1 (body: one rep.)
+``/v1/galleries/{gallery}/identify?top_k=5``                POST    1:N (body: wire batch)
+``/v1/galleries/{gallery}/stats``                           GET     gallery statistics
+==========================================================  ======  ==========================
+
+Bodies are :mod:`ppfr.serve.wire` messages (``application/octet-stream``); answers are JSON.
+Errors are JSON ``{"detail": "..."}``: 401 missing/invalid/revoked key, 403 gallery not
+allowed for the key, 404 unknown subject, 409 representation made by another client model
+(fingerprint mismatch), 413 body over ``max_body_bytes`` (refused from ``Content-Length``
+before reading, or as soon as the stream passes the limit) or batch over ``max_batch``, 415
+not ``application/octet-stream``, 422 malformed message, wrong shape, dtype, range, NaN.
+
+Enrolment embeds each representation, draws a fresh SlerpFace key per template (a
+``torch.Generator`` seeded from :mod:`secrets`) and stores (protected template, key). The
+raw template never reaches the store.
+
+Decisions. ``identify`` and ``verify`` report scores and, when a threshold is known, a
+decision ``score > threshold``. The threshold is, in order: ``threshold=`` (``ppfr serve
+--threshold``), else ``calibration.toml`` beside the bundle written by ``ppfr calibrate``
+(:mod:`ppfr.serve.calibrate`), else none (``match`` is null and ``/v1/info`` says so).
+
+Logs (logger ``ppfr.serve``) carry the route template, gallery, status, sizes and timings;
+never representations, templates, keys' secrets or subject names.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import torch
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from ppfr.errors import InputError, PPFRError, UnknownNameError
+from ppfr.methods import Method, load
+from ppfr.serve import wire
+from ppfr.serve.auth import Authenticator, AuthError, check_gallery_name, token_from_headers
+from ppfr.serve.calibrate import CALIBRATION_FILE
+
+log = logging.getLogger("ppfr.serve")
+
+#: methods whose "representation" is the face itself; refused unless allow_unprotected
+UNPROTECTED = ("arcface",)
+DEFAULT_MAX_BODY = 16 * 2**20
+DEFAULT_MAX_BATCH = 64
+_SUBJECT_RE = re.compile(r"^[^\x00-\x1f\x7f/\\]{1,128}$")
+
+
+class ServiceError(PPFRError):
+    """An error with an HTTP status (404 unknown subject, 409 fingerprint, 413 size, ...)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def check_subject_name(name: str) -> str:
+    if not _SUBJECT_RE.match(name) or name != name.strip():
+        raise InputError(
+            "invalid subject name: 1-128 characters, no control characters, slashes or "
+            "leading/trailing spaces"
+        )
+    return name
+
+
+@dataclass
+class Threshold:
+    value: float | None
+    source: str
+
+
+def resolve_threshold(
+    model_dir: Path, threshold: float | None, server_fingerprint: str | None = None
+) -> Threshold:
+    """``threshold`` if given, else ``calibration.toml`` beside the bundle, else none.
+
+    A calibration made for another server model (its ``server_fingerprint``) is refused.
+    """
+    if threshold is not None:
+        if not np.isfinite(threshold):
+            raise InputError(f"threshold must be a finite number, got {threshold}")
+        return Threshold(float(threshold), "given (--threshold)")
+    from ppfr.serve.calibrate import read_calibration
+
+    cal = read_calibration(model_dir)
+    if cal is None:
+        return Threshold(
+            None, f"none (no --threshold and no {CALIBRATION_FILE}; run ppfr calibrate)"
+        )
+    made_for = cal.get("server_fingerprint")
+    if server_fingerprint and made_for and made_for != server_fingerprint:
+        raise InputError(
+            f"{model_dir / CALIBRATION_FILE} was made for server model {made_for[:12]}, not "
+            f"this bundle's {server_fingerprint[:12]}: rerun ppfr calibrate or pass --threshold"
+        )
+    return Threshold(
+        float(cal["threshold"]),
+        f"{CALIBRATION_FILE}: FAR {cal['far']:g} on {cal['data']}",
+    )
+
+
+class Service:
+    """Everything a request needs: model, store, matcher, keys. Thread-safe."""
+
+    def __init__(
+        self,
+        model_dir: str | os.PathLike,
+        db_url: str,
+        *,
+        max_body_bytes: int,
+        max_batch: int,
+        threshold: float | None,
+        allow_unprotected: bool,
+        use_faiss: bool,
+    ) -> None:
+        from ppfr.serve.matching import Matcher
+        from ppfr.serve.store import open_store
+        from ppfr.slerpface import SlerpFace
+
+        model_dir = Path(model_dir)
+        self.model: Method = load(model_dir, part="server")
+        if self.model.name in UNPROTECTED and not allow_unprotected:
+            raise InputError(
+                f"{self.model.name} sends the face itself (no protection); refusing to serve "
+                "it. Pass --allow-unprotected (allow_unprotected=True) for a baseline only."
+            )
+        manifest = getattr(self.model, "manifest", {})
+        fp = manifest.get("client_fingerprint")
+        if not fp:
+            raise InputError(f"{model_dir}: bundle has no client_fingerprint; re-save it")
+        self.client_fingerprint: str = fp
+        self.server_fingerprint = self.model.fingerprint("server")
+        if max_body_bytes < wire.HEADER_BYTES:
+            raise InputError(f"max_body_bytes must be at least {wire.HEADER_BYTES}")
+        self.max_body_bytes = int(max_body_bytes)
+        self.max_batch = int(max_batch)
+        self.threshold = resolve_threshold(model_dir, threshold, self.server_fingerprint)
+        self.store = open_store(db_url)
+        self.dim = int(self.model.config.embedding_size)
+        self.protection = SlerpFace.from_model(self.model, self.dim)
+        # the store and the matcher are thread-safe; requests run in FastAPI's thread pool
+        self.matcher = Matcher(self.store, self.protection, use_faiss=use_faiss)
+        self.auth = Authenticator(self.store)
+
+    # ---- requests
+    def representations(self, body: bytes, *, single: bool = False) -> torch.Tensor:
+        arr, fp = wire.decode_representation(body, self.max_body_bytes)
+        if fp != self.client_fingerprint:
+            raise ServiceError(
+                409,
+                f"representation was made by client model {fp[:12]}, this server expects "
+                f"{self.client_fingerprint[:12]} (fetch the matching client bundle; "
+                "see /v1/info)",
+            )
+        shape = self.model.representation_shape
+        if arr.ndim != len(shape) + 1 or arr.shape[1:] != shape:
+            raise InputError(
+                f"{self.model.name} expects representations of shape "
+                f"(N, {', '.join(map(str, shape))}), got {arr.shape}; raw images are not "
+                "accepted, protect faces on the client"
+            )
+        if single and arr.shape[0] != 1:
+            raise InputError(f"verify takes exactly one representation, got {arr.shape[0]}")
+        if arr.shape[0] > self.max_batch:
+            raise ServiceError(413, f"batch of {arr.shape[0]} exceeds max_batch {self.max_batch}")
+        return self.model.check_representation(torch.from_numpy(arr))
+
+    def embed(self, p: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.model.embed(p).float().cpu()
+
+    def enroll(self, gallery: str, subject: str, p: torch.Tensor) -> list[int]:
+        templates = self.embed(p)
+        gen = torch.Generator().manual_seed(secrets.randbits(63))
+        keys = self.protection.draw_keys(len(templates), generator=gen)
+        protected = self.protection.protect(templates, keys)
+        return self.store.enroll(gallery, subject, protected.numpy(), keys.numpy())
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "method": self.model.name,
+            "representation_shape": list(self.model.representation_shape),
+            "representation_dtype": ["float32", "float16"],
+            "representation_range": list(self.model.representation_range),
+            "client_fingerprint": self.client_fingerprint,
+            "server_fingerprint": self.server_fingerprint,
+            "embedding_size": self.dim,
+            "template_protection": "slerpface",
+            "threshold": self.threshold.value,
+            "threshold_source": self.threshold.source,
+            "decision": "score > threshold",
+            "max_body_bytes": self.max_body_bytes,
+            "max_batch": self.max_batch,
+            "wire_format_version": wire.VERSION,
+        }
+
+
+# ---- request dependencies (module level: FastAPI resolves their annotations by name)
+def _svc(request: Request) -> Service:
+    return request.app.state.service
+
+
+async def _body(request: Request) -> bytes:
+    """The request body, refused (413) as soon as it is known to pass the limit."""
+    svc = _svc(request)
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype != wire.MEDIA_TYPE:
+        raise ServiceError(415, f"body must be {wire.MEDIA_TYPE} (a ppfr wire message)")
+    length = request.headers.get("content-length")
+    if length is not None:
+        if not length.isdigit():
+            raise InputError("invalid Content-Length")
+        if int(length) > svc.max_body_bytes:
+            raise ServiceError(413, f"body of {int(length):,} bytes exceeds {svc.max_body_bytes:,}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > svc.max_body_bytes:
+            raise ServiceError(413, f"body exceeds {svc.max_body_bytes:,} bytes")
+        chunks.append(chunk)
+    request.state.body_bytes = size
+    return b"".join(chunks)
+
+
+def _key(request: Request) -> Any:
+    record = _svc(request).auth.authenticate(token_from_headers(request.headers))
+    request.state.key_id = record.key_id
+    return record
+
+
+def _gallery(gallery: str, request: Request, record: Annotated[Any, Depends(_key)]) -> str:
+    check_gallery_name(gallery)
+    _svc(request).auth.authorize(record, gallery)
+    request.state.gallery = gallery
+    return gallery
+
+
+Gallery = Annotated[str, Depends(_gallery)]
+Body = Annotated[bytes, Depends(_body)]
+
+
+def create_app(
+    model_dir: str | os.PathLike,
+    db_url: str = "sqlite:///ppfr-gallery.db",
+    *,
+    max_body_bytes: int = DEFAULT_MAX_BODY,
+    max_batch: int = DEFAULT_MAX_BATCH,
+    threshold: float | None = None,
+    allow_unprotected: bool = False,
+    use_faiss: bool = False,
+) -> FastAPI:
+    """Build the service app (see the module docstring)."""
+    svc = Service(
+        model_dir,
+        db_url,
+        max_body_bytes=max_body_bytes,
+        max_batch=max_batch,
+        threshold=threshold,
+        allow_unprotected=allow_unprotected,
+        use_faiss=use_faiss,
+    )
+    app = FastAPI(
+        title="ppfr recognition service",
+        version="1",
+        description="Privacy-preserving face recognition: clients send protected "
+        "representations (ppfr wire format), never images.",
+    )
+    app.state.service = svc
+    _install_handlers(app)
+
+    @app.get("/v1/health")
+    def health() -> dict[str, str]:
+        """Liveness; needs no key."""
+        return {"status": "ok"}
+
+    @app.get("/v1/info", dependencies=[Depends(_key)])
+    def info() -> dict[str, Any]:
+        """What this server expects from clients."""
+        return svc.info()
+
+    @app.post("/v1/galleries/{gallery}/subjects/{subject}")
+    async def enroll(gallery: Gallery, subject: str, data: Body) -> dict[str, Any]:
+        """Enroll one subject from a batch of representations (one template each)."""
+        check_subject_name(subject)
+        p = svc.representations(data)
+        ids = await run_in_threadpool(svc.enroll, gallery, subject, p)
+        return {"gallery": gallery, "subject": subject, "template_ids": [int(i) for i in ids]}
+
+    @app.delete("/v1/galleries/{gallery}/subjects/{subject}")
+    def delete(gallery: Gallery, subject: str) -> dict[str, Any]:
+        """Delete a subject and all its templates and keys."""
+        removed = svc.store.delete_subject(gallery, subject)
+        if not removed:
+            raise ServiceError(404, f"no subject {subject!r} in gallery {gallery!r}")
+        return {"gallery": gallery, "subject": subject, "removed": int(removed)}
+
+    @app.get("/v1/galleries/{gallery}/subjects")
+    def subjects(gallery: Gallery) -> dict[str, Any]:
+        return {"gallery": gallery, "subjects": svc.store.subjects(gallery)}
+
+    @app.get("/v1/galleries/{gallery}/stats")
+    def stats(gallery: Gallery) -> dict[str, Any]:
+        s = svc.store.stats(gallery)
+        return {
+            "gallery": s.gallery,
+            "subjects": s.subjects,
+            "templates": s.templates,
+            "dim": s.dim,
+            "version": s.version,
+        }
+
+    @app.post("/v1/galleries/{gallery}/identify")
+    async def identify(
+        gallery: Gallery,
+        data: Body,
+        top_k: Annotated[int, Query(ge=1, le=100)] = 5,
+    ) -> dict[str, Any]:
+        """1:N: for each representation, the top-k subjects by score, and the decision."""
+        p = svc.representations(data)
+
+        def work() -> list[list[tuple[str, float]]]:
+            return svc.matcher.identify(gallery, svc.embed(p), top_k=top_k)
+
+        ranked = await run_in_threadpool(work)
+        t = svc.threshold.value
+        results = []
+        for cands in ranked:
+            best = cands[0] if cands else None
+            match = best[0] if best is not None and t is not None and best[1] > t else None
+            results.append(
+                {
+                    "candidates": [{"subject": s, "score": float(sc)} for s, sc in cands],
+                    "match": match,
+                }
+            )
+        return {"gallery": gallery, "threshold": t, "results": results}
+
+    @app.post("/v1/galleries/{gallery}/subjects/{subject}/verify")
+    async def verify(gallery: Gallery, subject: str, data: Body) -> dict[str, Any]:
+        """1:1: the best score of one representation against a subject's templates."""
+        p = svc.representations(data, single=True)
+
+        def work() -> float:
+            try:
+                return float(svc.matcher.verify(gallery, svc.embed(p), subject))
+            except UnknownNameError:
+                raise ServiceError(404, f"no subject {subject!r} in gallery {gallery!r}") from None
+
+        score = await run_in_threadpool(work)
+        t = svc.threshold.value
+        return {
+            "gallery": gallery,
+            "subject": subject,
+            "score": score,
+            "threshold": t,
+            "match": None if t is None else bool(score > t),
+        }
+
+    @app.middleware("http")
+    async def access_log(request: Request, call_next):
+        t0 = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        log.info(
+            "%s %s status=%d gallery=%s key=%s bytes=%s ms=%.1f",
+            request.method,
+            getattr(route, "path", "<unmatched>"),
+            response.status_code,
+            getattr(request.state, "gallery", "-"),
+            getattr(request.state, "key_id", "-"),
+            getattr(request.state, "body_bytes", 0),
+            1000 * (time.perf_counter() - t0),
+        )
+        return response
+
+    return app
+
+
+def _install_handlers(app: FastAPI) -> None:
+    def answer(status: int, message: str, headers: dict[str, str] | None = None):
+        return JSONResponse({"detail": message}, status_code=status, headers=headers)
+
+    @app.exception_handler(AuthError)
+    async def _auth(request: Request, exc: AuthError):
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return answer(exc.status, str(exc), headers)
+
+    @app.exception_handler(ServiceError)
+    async def _service(request: Request, exc: ServiceError):
+        return answer(exc.status, str(exc))
+
+    @app.exception_handler(PPFRError)
+    async def _input(request: Request, exc: PPFRError):
+        return answer(422, str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError):
+        where = "; ".join(
+            f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg', '')}" for e in exc.errors()
+        )
+        return answer(422, f"invalid request ({where})")
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception):
+        # the type only: an exception message could quote request data
+        log.error("internal error %s on %s", type(exc).__name__, request.url.path)
+        return answer(500, "internal server error")
