@@ -199,6 +199,10 @@ class Trainer:
             start_stage, start_epoch = state["stage"], state["epoch"]
         elif resume:
             raise CheckpointError(f"--resume: no checkpoint in {self.checkpoint_dir}")
+        else:  # a fresh run: let the method estimate what it needs from the data (DCTDP)
+            self.model.prepare(
+                self.dataset, generator=torch.Generator().manual_seed(_derive_seed(cfg.seed, "prep"))
+            )
         stages = self.model.stages()
         for si in range(start_stage, len(stages)):
             resumed = state if si == start_stage else None
@@ -214,7 +218,11 @@ class Trainer:
         epochs, milestones, lr = cfg.stage(stage.name)
         for m in stage.frozen:
             m.requires_grad_(False)
-        groups = [{"params": g["params"], "lr": lr * g["lr_scale"]} for g in stage.param_groups]
+        groups = [
+            {"params": g["params"], "lr": lr * g["lr_scale"]}
+            | ({"weight_decay": g["weight_decay"]} if "weight_decay" in g else {})
+            for g in stage.param_groups
+        ]
         optimizer = torch.optim.SGD(
             groups, lr=lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay
         )
