@@ -248,9 +248,7 @@ class PartialFace(Method):
         p = self.check_representation(p)
         return F.normalize(self._part("server")["recognizer"](p / self.config.coef_scale))
 
-    def view(
-        self, p: Tensor, subset: int | Tensor = 0, permutation: int | Tensor = 0
-    ) -> Tensor:
+    def view(self, p: Tensor, subset: int | Tensor = 0, permutation: int | Tensor = 0) -> Tensor:
         """The representation as a picture: its coefficients decoded with ``d``.
 
         The 27 channels are put back at the positions of a rank, every other channel
