@@ -39,9 +39,21 @@ Our choices, where the paper and its public code leave them open or differ:
   independent noise for every image (a shared draw would let a batch's images be
   subtracted from each other).
 - **Optimiser.** The public code trains :math:`\rho, \mu` with Adam; the engine runs SGD,
-  so they get their own learning-rate factor (``budget_lr_scale``) and no weight decay
-  (decay would pull the split back to even for no reason).
-- **Scale.** The recognizer reads :math:`p / \text{coef\_scale}` (default 8).
+  so they get their own learning-rate factor (``budget_lr_scale``, default 10) and no
+  weight decay (decay would pull the split back to even for no reason). SGD with a large
+  factor can throw single elements' :math:`\rho` far enough that their noise overflows,
+  so :math:`\rho` is clamped to ``[-budget_logit_bound, budget_logit_bound]`` (10): the
+  total stays fixed, no element's budget moves more than :math:`e^{10}` from even.
+  The offset is parameterised in units of each channel's sensitivity
+  (:math:`\mu_i = \Delta_i m_i`, ``mu`` stores :math:`m`): in raw units the channels'
+  gradients differ by the ratio of their ranges (up to 10^5) and one learning rate cannot
+  suit them all.
+- **Scale.** The recognizer reads :math:`p_i / \Delta_i`: each channel divided by its
+  sensitivity, so that at an even split the noise is :math:`\mathrm{Laplace}(1/\bar\epsilon)`
+  in every channel and the signal spans about one unit (raw coefficients span 0.03 to 400
+  across channels, and a single scale leaves the noisiest channels dominating the first
+  convolution). The server keeps its own copy of the sensitivities (a buffer of the server
+  part, set by ``prepare``), so a server bundle needs no client weights.
 
 The representation is unbounded (Laplace noise), so ``representation_range`` is None.
 """
@@ -89,9 +101,10 @@ class DCTDPConfig(RecognizerConfig):
     #: mean privacy budget per element; the total eps_mean * N is fixed (paper: 0.5, 1)
     eps_mean: float = 1.0
     #: learning-rate factor of the budget split rho and the offset mu
-    budget_lr_scale: float = 1.0
-    #: the recognizer reads the noisy coefficients / coef_scale
-    coef_scale: float = 8.0
+    budget_lr_scale: float = 10.0
+    #: rho is clamped to [-bound, bound]: no element's budget moves more than e^bound from
+    #: an even split, which keeps every noise scale finite whatever the optimiser does
+    budget_logit_bound: float = 10.0
     #: sensitivity estimate: training faces sampled, block positions per face, tail quantile
     sensitivity_images: int = 2048
     sensitivity_positions: int = 256
@@ -100,8 +113,8 @@ class DCTDPConfig(RecognizerConfig):
     def __post_init__(self) -> None:
         if not self.eps_mean > 0:
             raise InputError(f"eps_mean must be positive, got {self.eps_mean}")
-        if self.coef_scale <= 0 or self.budget_lr_scale < 0:
-            raise InputError("coef_scale must be positive and budget_lr_scale non-negative")
+        if self.budget_lr_scale < 0 or self.budget_logit_bound <= 0:
+            raise InputError("budget_logit_bound must be positive, budget_lr_scale >= 0")
         if self.sensitivity_images < 1 or self.sensitivity_positions < 1:
             raise InputError("sensitivity_images and sensitivity_positions must be positive")
         if not 0 <= self.sensitivity_quantile < 0.5:
@@ -126,7 +139,7 @@ class DCTDPClient(nn.Module):
     def __init__(self, cfg: DCTDPConfig) -> None:
         super().__init__()
         shape = (NUM_KEPT, freq.SIZE, freq.SIZE)
-        self.eps_mean = cfg.eps_mean
+        self.eps_mean, self.bound = cfg.eps_mean, cfg.budget_logit_bound
         self.rho = nn.Parameter(torch.zeros(shape))
         self.mu = nn.Parameter(torch.zeros(shape))
         self.register_buffer("sensitivity", worst_case_sensitivity())
@@ -138,14 +151,17 @@ class DCTDPClient(nn.Module):
         """Faces -> the 189 non-DC channels (B, 189, 112, 112)."""
         return freq.encode(x).index_select(1, self.kept)
 
+    def _logits(self) -> Tensor:
+        return self.rho.clamp(-self.bound, self.bound).flatten()
+
     def budgets(self) -> Tensor:
         """eps_i = softmax(rho)_i * eps_mean * N, (189, 112, 112); sums to eps_mean * N."""
-        w = torch.softmax(self.rho.flatten(), 0).view_as(self.rho)
+        w = torch.softmax(self._logits(), 0).view_as(self.rho)
         return w * (self.eps_mean * NUM_ELEMENTS)
 
     def noise_scale(self) -> Tensor:
         """b_i = sensitivity_i / eps_i, (189, 112, 112), computed in the log domain."""
-        log_share = torch.log_softmax(self.rho.flatten(), 0).view_as(self.rho)
+        log_share = torch.log_softmax(self._logits(), 0).view_as(self.rho)
         log_b = (
             self.sensitivity.log()[:, None, None]
             - log_share
@@ -156,7 +172,11 @@ class DCTDPClient(nn.Module):
     def protect(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         c = self.coefficients(x)
         noise = laplace(tuple(c.shape), generator, c)
-        return c + self.mu + self.noise_scale() * noise
+        return c + self.offset() + self.noise_scale() * noise
+
+    def offset(self) -> Tensor:
+        """The learned noise offset in coefficient units: mu_i * sensitivity_i."""
+        return self.mu * self.sensitivity[:, None, None]
 
     def forward(self, x: Tensor) -> Tensor:
         return self.protect(x)
@@ -196,16 +216,27 @@ class DCTDPClient(nn.Module):
         return estimate
 
 
+class InputScale(nn.Module):
+    """The server's per-channel input normalisation: divide by the sensitivities."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("sensitivity", worst_case_sensitivity())
+
+    def forward(self, p: Tensor) -> Tensor:
+        return p / self.sensitivity[:, None, None]
+
+
 class _JointStep(nn.Module):
     """Noise (with gradients to rho and mu) + recognizer + margin head, one loss."""
 
-    def __init__(self, client: DCTDPClient, recognizer: nn.Module, head: nn.Module, scale: float):
+    def __init__(self, client: DCTDPClient, server: nn.ModuleDict, head: nn.Module) -> None:
         super().__init__()
-        self.client, self.recognizer, self.head, self.scale = client, recognizer, head, scale
+        self.client, self.server, self.head = client, server, head
 
     def forward(self, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, float]]:
         p = self.client.protect(x)
-        loss = self.head(self.recognizer(p / self.scale), y)
+        loss = self.head(self.server["recognizer"](self.server["input"](p)), y)
         return loss, {"id": float(loss.detach())}
 
 
@@ -219,7 +250,9 @@ class DCTDP(Method):
         return DCTDPClient(self.config)
 
     def build_server(self) -> nn.Module:
-        return nn.ModuleDict({"recognizer": build_recognizer(self.config, NUM_KEPT)})
+        return nn.ModuleDict(
+            {"input": InputScale(), "recognizer": build_recognizer(self.config, NUM_KEPT)}
+        )
 
     def build_train(self) -> nn.Module:
         return nn.ModuleDict({"head": build_head(self.config)})
@@ -234,7 +267,8 @@ class DCTDP(Method):
 
     def embed(self, p: Tensor) -> Tensor:
         p = self.check_representation(p)
-        return F.normalize(self._part("server")["recognizer"](p / self.config.coef_scale))
+        server = self._part("server")
+        return F.normalize(server["recognizer"](server["input"](p)))
 
     def budgets(self) -> Tensor:
         """The learned per-element budgets eps_i, (189, 112, 112)."""
@@ -247,13 +281,15 @@ class DCTDP(Method):
     def prepare(self, dataset, *, generator: torch.Generator | None = None) -> None:
         """Estimate each channel's sensitivity from the training faces (module docstring)."""
         cfg = self.config
-        self._part("client").estimate_sensitivity(
+        estimate = self._part("client").estimate_sensitivity(
             dataset,
             images=cfg.sensitivity_images,
             positions=cfg.sensitivity_positions,
             quantile=cfg.sensitivity_quantile,
             generator=generator,
         )
+        if self.server is not None:
+            self.server["input"].sensitivity.copy_(estimate)
 
     def view(self, p: Tensor) -> Tensor:
         """The noisy coefficients as a picture: DC set to zero (mid-grey), decoded with ``d``.
@@ -266,15 +302,21 @@ class DCTDP(Method):
         return freq.decode(f)
 
     def inversion_input(self, p: Tensor) -> Tensor:
-        """What a recovery attack's inverter reads: the noisy coefficients / coef_scale."""
-        return p / self.config.coef_scale
+        """What a recovery attack's inverter reads: each channel / its sensitivity.
+
+        The attacker holds the client, hence its sensitivities (the server's copy where
+        only the server part is loaded).
+        """
+        part = self.client if self.client is not None else self._part("server")["input"]
+        return p / part.sensitivity[:, None, None]
 
     def stages(self) -> list[Stage]:
         cfg = self.config
         client = self._part("client")
-        recognizer = self._part("server")["recognizer"]
+        server = self._part("server")
+        recognizer = server["recognizer"]
         head = self._part("train")["head"]
-        step = _JointStep(client, recognizer, head, cfg.coef_scale)
+        step = _JointStep(client, server, head)
         return [
             Stage(
                 "joint",
