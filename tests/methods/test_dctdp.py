@@ -182,3 +182,27 @@ def test_trainer_estimates_once_and_resume_keeps_it(orl4, tmp_path, monkeypatch)
     resumed = Trainer(_cfg(tmp_path / "run", 2), dataset=other, progress=False).fit(resume=True)
     assert calls == [1]
     assert torch.equal(resumed.client.sensitivity, estimate)
+
+
+def test_viewing_attack_and_cli_protect_use_the_view(faces, tmp_path):
+    import numpy as np
+    from typer.testing import CliRunner
+
+    from ppfr.attacks.viewing import ViewingAttack
+    from ppfr.cli import app
+    from ppfr.data.images import save_image, to_uint8
+
+    m = _model()
+    with torch.no_grad():
+        v = ViewingAttack().view(m, faces[:2], generator=torch.Generator().manual_seed(2))
+        p = m.protect(faces[:2], generator=torch.Generator().manual_seed(2))
+    assert torch.allclose(v, m.view(p))
+    # the CLI's PNG is the view: an unbounded representation has no range to map from
+    m.save(tmp_path / "b")
+    save_image(to_uint8(faces[0]), tmp_path / "face.png")
+    out = tmp_path / "out"
+    args = ["protect", str(tmp_path / "face.png"), "--model", str(tmp_path / "b")]
+    res = CliRunner().invoke(app, [*args, "--out", str(out), "--seed", "1"])
+    assert res.exit_code == 0, res.output
+    assert np.load(out / "face.npy").shape == (189, 112, 112)
+    assert (out / "face.png").is_file()

@@ -150,3 +150,13 @@ def test_client_bundle_holds_no_weights(faces, tmp_path):
     g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
     with torch.no_grad():
         assert torch.equal(client.protect(faces, g1), m.protect(faces, g2))
+
+
+def test_viewing_attack_uses_the_view(faces):
+    from ppfr.attacks.viewing import ViewingAttack
+
+    m = _model()
+    with torch.no_grad():
+        v = ViewingAttack().view(m, faces, generator=torch.Generator().manual_seed(2))
+        p = m.protect(faces, generator=torch.Generator().manual_seed(2))
+    assert torch.allclose(v, m.view(p))
