@@ -51,8 +51,9 @@ def test_protect_shape_range_randomness_and_reproducibility(faces):
         h = m.protect(faces, generator=torch.Generator().manual_seed(3))
         same = m.protect(faces[:1].expand(16, -1, -1, -1), generator=torch.Generator())
     assert a.shape == (4, 27, 112, 112) and a.dtype == torch.float32
-    assert a.abs().max() <= COEFFICIENT_BOUND
-    assert m.representation_range == (-COEFFICIENT_BOUND, COEFFICIENT_BOUND)
+    # before prepare every channel is divided by coef_scale: raw values stay in the bound
+    assert (a * m.config.coef_scale).abs().max() <= COEFFICIENT_BOUND
+    assert m.representation_range is None
     assert not torch.equal(a, b)  # a fresh rank every call
     assert torch.equal(g, h)  # unless the caller fixes the generator
     assert len({tuple(s.flatten()[:50].tolist()) for s in same}) > 1  # and per image
@@ -66,8 +67,9 @@ def test_sends_exactly_one_rank_and_never_the_low_frequencies(faces):
         for seed in range(12):
             p, subset, perm = m.protect_with_ranks(faces, torch.Generator().manual_seed(seed))
             for i in range(len(faces)):
-                assert torch.equal(p[i], f[i, rank_channels(int(subset[i]), int(perm[i]))])
-                assert _matching_ranks(f[i], p[i]) == [(int(subset[i]), int(perm[i]))]
+                raw = p[i] * m.config.coef_scale
+                assert torch.equal(raw, f[i, rank_channels(int(subset[i]), int(perm[i]))])
+                assert _matching_ranks(f[i], raw) == [(int(subset[i]), int(perm[i]))]
                 seen.add((int(subset[i]), int(perm[i])))
     assert len(seen) >= 15  # 48 draws reach (nearly) all 18 ranks
 
@@ -84,7 +86,7 @@ def test_face_triples_are_fixed_flip_invariant_and_spread(orl4):
 def test_training_uses_only_each_faces_three_subsets(orl4):
     m = _model()
     x = orl4.faces[:6]
-    prep = _TrainingRanks(m.client, 3, m.config.coef_scale)
+    prep = _TrainingRanks(m.client, 3)
     allowed = list(itertools.combinations(range(6), 3))
     f = freq.encode(x)
     used = [set() for _ in x]
@@ -115,7 +117,7 @@ def test_view_decodes_the_sent_channels(faces):
     assert 0 <= default.min() and default.max() <= 1
     # without the low frequencies the picture is nearly flat grey, far from the face
     assert (v - (faces + 1) / 2).abs().mean() > 0.1
-    assert torch.allclose(m.inversion_input(p), p / m.config.coef_scale)
+    assert torch.equal(m.inversion_input(p), p)
 
 
 def test_training_reduces_the_loss(orl4):
@@ -142,11 +144,13 @@ def test_training_reduces_the_loss(orl4):
     assert loss() < 0.85 * before
 
 
-def test_client_bundle_holds_no_weights(faces, tmp_path):
+def test_client_bundle_holds_only_the_scales(orl4, faces, tmp_path):
     m = _model()
+    m.prepare(orl4, generator=torch.Generator().manual_seed(0))
     m.save(tmp_path / "b")
     client = ppfr.load(tmp_path / "b", part="client")
-    assert client.client.state_dict() == {}
+    assert list(client.client.state_dict()) == ["channel_scale"]
+    assert torch.equal(client.client.channel_scale, m.client.channel_scale)
     g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
     with torch.no_grad():
         assert torch.equal(client.protect(faces, g1), m.protect(faces, g2))
@@ -160,3 +164,18 @@ def test_viewing_attack_uses_the_view(faces):
         v = ViewingAttack().view(m, faces, generator=torch.Generator().manual_seed(2))
         p = m.protect(faces, generator=torch.Generator().manual_seed(2))
     assert torch.allclose(v, m.view(p))
+
+
+def test_prepare_scales_every_channel_to_unit_rms(orl4):
+    m = _model()
+    m.prepare(orl4, generator=torch.Generator().manual_seed(0))
+    scale = m.client.channel_scale
+    f = freq.encode(orl4.faces)
+    rms = f.square().mean((0, 2, 3)).sqrt()
+    kept = [c for c in range(192) if c % 64 not in LOW_FREQUENCY and rms[c] > 1e-2]
+    assert torch.allclose(scale[kept], rms[kept], rtol=1e-3)  # all 40 faces were used
+    assert float(scale[kept].max() / scale[kept].min()) > 100  # magnitudes span orders
+    with torch.no_grad():
+        p = m.protect(orl4.faces[:8], generator=torch.Generator().manual_seed(0))
+    assert 0.3 < float(p[:, :9].square().mean().sqrt()) < 3  # the Y channels: unit order
+    assert torch.equal(m.inversion_input(p), p)

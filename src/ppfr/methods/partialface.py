@@ -36,10 +36,18 @@ Our choices, where the paper leaves them open:
   :data:`PERMUTATIONS`.
 - *Augmentation.* The paper's :math:`r = 18` (the public config says 3 and never reads it).
   It multiplies the cost of an epoch by 18: lower it with ``train_repeats`` for small runs.
-- *Scale.* The recognizer reads :math:`x_s / \text{coef\_scale}`: the kept high-frequency
-  coefficients of aligned faces have a standard deviation of about 0.2 (ORL), so the
-  default 0.25 gives inputs of unit order. The representation itself is the raw
-  coefficients, bounded by :data:`COEFFICIENT_BOUND`.
+- *Scale.* The kept channels' magnitudes differ by three orders (root mean square from
+  about 5 for the lowest kept frequencies to 0.002 for the highest on aligned faces), and
+  a random rank puts any of them in any input slot, so a recognizer fed raw coefficients
+  sees mostly the largest channel of each subset. The client therefore divides every
+  channel by a fixed per-channel scale before sending: its root mean square over the
+  training faces, estimated once by :meth:`PartialFace.prepare` (the trainer's data hook;
+  up to ``scale_images`` faces, floored at 1e-3) and kept in a buffer of the client part
+  (so bundles and checkpoints carry it). Before ``prepare`` every scale is
+  ``coef_scale`` (0.25, about the overall RMS of the kept channels). The division is
+  public and invertible, so it changes nothing an attacker holding the client can do.
+  The sent values therefore have no a-priori bound: ``representation_range`` is None
+  (raw coefficients are bounded by :data:`COEFFICIENT_BOUND`).
 """
 
 from __future__ import annotations
@@ -132,16 +140,18 @@ class PartialFaceConfig(RecognizerConfig):
     train_repeats: int = 18
     #: subsets each training face may use (the paper: 3 of the 6)
     train_subsets: int = 3
-    #: the recognizer reads coefficients / coef_scale (kept coefficients have std ~0.2)
+    #: every channel's scale before ``prepare`` estimates them (kept channels' RMS ~0.2)
     coef_scale: float = 0.25
+    #: training faces ``prepare`` samples to estimate the per-channel scales
+    scale_images: int = 1024
 
     def __post_init__(self) -> None:
         if self.train_repeats < 1:
             raise InputError("train_repeats must be at least 1")
         if not 1 <= self.train_subsets <= len(SUBSETS):
             raise InputError(f"train_subsets must be in 1..{len(SUBSETS)}")
-        if self.coef_scale <= 0:
-            raise InputError("coef_scale must be positive")
+        if self.coef_scale <= 0 or self.scale_images < 1:
+            raise InputError("coef_scale and scale_images must be positive")
 
 
 def _draw(n: int, high: int, generator: torch.Generator | None, device: torch.device) -> Tensor:
@@ -177,14 +187,42 @@ def _triples(k: int) -> tuple[tuple[int, ...], ...]:
     return tuple(itertools.combinations(range(len(SUBSETS)), k))
 
 
+#: smallest per-channel scale an estimate may give (coefficient units)
+MIN_SCALE = 1e-3
+
+
 class PartialFaceClient(nn.Module):
-    """The device side: ``e``, the partition and the draw of a rank. Holds no weights."""
+    """The device side: ``e``, the partition, the per-channel scales and the draw of a rank."""
+
+    def __init__(self, coef_scale: float) -> None:
+        super().__init__()
+        self.register_buffer("channel_scale", torch.full((freq.NUM_CHANNELS,), coef_scale))
 
     def send(self, x: Tensor, subset: Tensor, permutation: Tensor) -> Tensor:
-        """Faces -> the 27 channels of the given rank per face (raw coefficients)."""
+        """Faces -> the 27 channels of the given rank per face, each / its channel scale."""
         idx = RANKS.to(x.device)[subset, permutation]  # (B, 27)
         f = freq.encode(x)
-        return f[torch.arange(len(x), device=x.device)[:, None], idx]
+        sent = f[torch.arange(len(x), device=x.device)[:, None], idx]
+        return sent / self.channel_scale[idx][:, :, None, None]
+
+    @torch.no_grad()
+    def estimate_scales(
+        self, dataset, images: int, generator: torch.Generator | None, batch_size: int = 32
+    ) -> Tensor:
+        """Root mean square of every channel over (a sample of) ``dataset``'s faces."""
+        n = len(dataset)
+        if n == 0:
+            raise InputError("PartialFace: cannot estimate channel scales from an empty dataset")
+        order = torch.randperm(n, generator=generator)[: min(n, images)]
+        total = torch.zeros(freq.NUM_CHANNELS, dtype=torch.float64)
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size].tolist()
+            x = torch.as_tensor(dataset.stack(idx)).to(self.channel_scale.device, torch.float32)
+            f = freq.encode(check_faces(x, "PartialFace scales"))
+            total += f.double().square().sum((0, 2, 3)).cpu()
+        rms = (total / (len(order) * freq.SIZE * freq.SIZE)).sqrt().float()
+        self.channel_scale.copy_(rms.clamp_min(MIN_SCALE))
+        return self.channel_scale.clone()
 
     def protect_with_ranks(
         self, x: Tensor, generator: torch.Generator | None = None
@@ -200,26 +238,26 @@ class PartialFaceClient(nn.Module):
 class _TrainingRanks(nn.Module):
     """Training input: each face's rank drawn among its 3 allowed subsets, then scaled."""
 
-    def __init__(self, client: PartialFaceClient, train_subsets: int, coef_scale: float) -> None:
+    def __init__(self, client: PartialFaceClient, train_subsets: int) -> None:
         super().__init__()
-        self.client, self.k, self.scale = client, train_subsets, coef_scale
+        self.client, self.k = client, train_subsets
 
     def forward(self, x: Tensor) -> Tensor:
         allowed = torch.tensor(_triples(self.k), device=x.device)[face_triples(x, self.k)]
         pick = torch.randint(self.k, (len(x),), device=x.device)
         subset = allowed[torch.arange(len(x), device=x.device), pick]
         permutation = torch.randint(len(PERMUTATIONS), (len(x),), device=x.device)
-        return self.client.send(x, subset, permutation) / self.scale
+        return self.client.send(x, subset, permutation)
 
 
 @register_method
 class PartialFace(Method):
     name = "partialface"
     Config = PartialFaceConfig
-    representation_range = (-COEFFICIENT_BOUND, COEFFICIENT_BOUND)
+    representation_range = None
 
     def build_client(self) -> nn.Module:
-        return PartialFaceClient()
+        return PartialFaceClient(self.config.coef_scale)
 
     def build_server(self) -> nn.Module:
         return nn.ModuleDict({"recognizer": build_recognizer(self.config, SENT_CHANNELS)})
@@ -232,7 +270,7 @@ class PartialFace(Method):
         return (SENT_CHANNELS, freq.SIZE, freq.SIZE)
 
     def protect(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """x_s: (B, 27, 112, 112) raw DCT coefficients of one random rank per face and call."""
+        """x_s: (B, 27, 112, 112), one random rank per face and call, channels / their scale."""
         return self._part("client").protect_with_ranks(check_faces(x), generator)[0]
 
     def protect_with_ranks(
@@ -246,12 +284,17 @@ class PartialFace(Method):
 
     def embed(self, p: Tensor) -> Tensor:
         p = self.check_representation(p)
-        return F.normalize(self._part("server")["recognizer"](p / self.config.coef_scale))
+        return F.normalize(self._part("server")["recognizer"](p))
+
+    def prepare(self, dataset, *, generator: torch.Generator | None = None) -> None:
+        """Estimate the per-channel scales from the training faces (module docstring)."""
+        self._part("client").estimate_scales(dataset, self.config.scale_images, generator)
 
     def view(self, p: Tensor, subset: int | Tensor = 0, permutation: int | Tensor = 0) -> Tensor:
         """The representation as a picture: its coefficients decoded with ``d``.
 
-        The 27 channels are put back at the positions of a rank, every other channel
+        The 27 channels, times their scales, are put back at the positions of a rank (the
+        client's scales: a viewer holds the client software), every other channel
         (the dropped low frequencies and the 5 unsent subsets) is zero, and ``d`` decodes.
         A viewer does not know the rank a face drew, so by default the channels go where
         rank (S0, identity order) puts them; pass the true ``subset``/``permutation`` (ints
@@ -265,18 +308,19 @@ class PartialFace(Method):
         permutation = torch.as_tensor(permutation, device=p.device).expand(n)
         idx = RANKS.to(p.device)[subset, permutation]
         f = p.new_zeros(n, freq.NUM_CHANNELS, freq.SIZE, freq.SIZE)
-        f.scatter_(1, idx[:, :, None, None].expand(-1, -1, freq.SIZE, freq.SIZE), p)
+        coef = p * self._part("client").channel_scale[idx][:, :, None, None]
+        f.scatter_(1, idx[:, :, None, None].expand(-1, -1, freq.SIZE, freq.SIZE), coef)
         return freq.decode(f)
 
     def inversion_input(self, p: Tensor) -> Tensor:
-        """What a recovery attack's inverter reads: the sent coefficients / coef_scale."""
-        return p / self.config.coef_scale
+        """What a recovery attack's inverter reads: the sent channels as they are (scaled)."""
+        return p
 
     def stages(self) -> list[Stage]:
         cfg = self.config
         recognizer = self._part("server")["recognizer"]
         head = self._part("train")["head"]
-        prepare = _TrainingRanks(self._part("client"), cfg.train_subsets, cfg.coef_scale)
+        prepare = _TrainingRanks(self._part("client"), cfg.train_subsets)
         params = list(recognizer.parameters()) + list(head.parameters())
         return [
             Stage(
