@@ -11,7 +11,14 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 TINY = {"backbone": "ir18", "backbone_width": 0.125, "embedding_size": 64}
 TINY_MINUSFACE = {**TINY, "generator_width": 4}
-TINY_CONFIGS = {"arcface": TINY, "minusface": TINY_MINUSFACE}
+TINY_PARTIALFACE = {**TINY, "train_repeats": 2}
+TINY_DCTDP = {**TINY, "sensitivity_images": 16, "sensitivity_positions": 64}
+TINY_CONFIGS = {
+    "arcface": TINY,
+    "minusface": TINY_MINUSFACE,
+    "partialface": TINY_PARTIALFACE,
+    "dctdp": TINY_DCTDP,
+}
 
 
 @pytest.fixture(scope="session")

@@ -109,7 +109,8 @@ def protect(
 ) -> None:
     """Protect faces on the client: writes NAME.npy (the representation) and NAME.png (a view).
 
-    The PNG shows the first three channels of the representation as an RGB image.
+    The PNG shows the method's ``view`` of the representation where it defines one
+    (PartialFace, DCTDP), else its first three channels as an RGB image.
     """
     from ppfr.data.images import save_image, to_uint8
 
@@ -128,10 +129,14 @@ def protect(
         for batch in _batches(faces):
             reps.append(client.protect(batch, generator=gen))
     reps = torch.cat(reps)
-    lo, hi = client.representation_range
+    view = getattr(client, "view", None)  # methods whose representation is no image
     for name, rep in zip(names, reps, strict=True):
         np.save(out / f"{name}.npy", rep.numpy())
-        save_image(to_uint8(rep[:3], (lo, hi)), out / f"{name}.png")
+        if callable(view):
+            png = to_uint8(view(rep[None])[0], (0.0, 1.0))
+        else:
+            png = to_uint8(rep[:3], client.representation_range)
+        save_image(png, out / f"{name}.png")
     console.print(
         f"protected {len(names)} face(s) with {client.name} -> {out} "
         f"(representation {tuple(reps.shape[1:])}, {reps[0].numel() * 4:,} bytes)"

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import os
 import tempfile
 import tomllib
@@ -45,8 +46,10 @@ class Stage:
     """One training stage of a method.
 
     ``module(x, y)`` returns ``(loss, logs)``; the engine wraps it in DDP when distributed.
-    ``param_groups`` are ``{"params": [...], "lr_scale": float}``; ``frozen`` modules are
-    kept in eval mode; each epoch passes over the data ``repeats`` times.
+    ``param_groups`` are ``{"params": [...], "lr_scale": float}``, optionally with a
+    ``"weight_decay"`` that replaces the run's for that group (DCTDP's noise budgets take
+    none); ``frozen`` modules are kept in eval mode; each epoch passes over the data
+    ``repeats`` times.
     """
 
     name: str
@@ -132,8 +135,18 @@ class Method(nn.Module, metaclass=ABCMeta):
     def representation_shape(self) -> tuple[int, ...]:
         """Shape of one protected representation (what ``protect`` returns per face)."""
 
-    #: value range of the protected representation, checked by ``embed``
-    representation_range: ClassVar[tuple[float, float]] = (0.0, 1.0)
+    #: value range of the protected representation, checked by ``embed``; None where it
+    #: has no bound (DCTDP's Laplace noise): ``embed`` then checks only that it is finite
+    representation_range: ClassVar[tuple[float, float] | None] = (0.0, 1.0)
+
+    def prepare(self, dataset: Any, *, generator: torch.Generator | None = None) -> None:
+        """Fit what a method estimates from the training data before training (default: none).
+
+        The trainer calls it once, before the first stage of a fresh run (never on resume:
+        what it estimates lives in the model's weights, so checkpoints carry it). DCTDP
+        estimates each coefficient's sensitivity here. ``dataset`` is a
+        :class:`~ppfr.data.base.FaceDataset`; ``generator`` draws any sample it takes.
+        """
 
     # ---- shared plumbing
     def _part(self, part: str) -> nn.Module:
@@ -156,7 +169,10 @@ class Method(nn.Module, metaclass=ABCMeta):
                 f"(B, {', '.join(map(str, want))}), "
                 f"got {tuple(p.shape)}"
             )
-        check_range(p, *self.representation_range, "embed")
+        if self.representation_range is None:
+            check_range(p, -math.inf, math.inf, "embed")
+        else:
+            check_range(p, *self.representation_range, "embed")
         return p
 
     @property

@@ -4,6 +4,10 @@ A method hands the engine its :class:`~ppfr.methods.base.Stage` list; the engine
 each stage with SGD (momentum, weight decay, the learning rate times each group's
 ``lr_scale``) and a step schedule, checkpoints after every epoch and can resume.
 
+Before the first stage of a fresh run the engine calls the method's ``prepare`` hook
+(estimates from the training data, e.g. DCTDP's sensitivities; they live in the weights, so
+a resumed run skips it).
+
 Determinism: every epoch reseeds the global RNG (dropout, flips, MinusFace shuffles) and
 the data order from ``(seed, stage, epoch, rank)``, and a checkpoint holds the weights,
 optimizer and schedule at an epoch boundary. So a run resumed from any checkpoint ends
@@ -199,6 +203,9 @@ class Trainer:
             start_stage, start_epoch = state["stage"], state["epoch"]
         elif resume:
             raise CheckpointError(f"--resume: no checkpoint in {self.checkpoint_dir}")
+        else:  # a fresh run: let the method estimate what it needs from the data (DCTDP)
+            prep = torch.Generator().manual_seed(_derive_seed(cfg.seed, "prepare"))
+            self.model.prepare(self.dataset, generator=prep)
         stages = self.model.stages()
         for si in range(start_stage, len(stages)):
             resumed = state if si == start_stage else None
@@ -214,7 +221,11 @@ class Trainer:
         epochs, milestones, lr = cfg.stage(stage.name)
         for m in stage.frozen:
             m.requires_grad_(False)
-        groups = [{"params": g["params"], "lr": lr * g["lr_scale"]} for g in stage.param_groups]
+        groups = [
+            {"params": g["params"], "lr": lr * g["lr_scale"]}
+            | ({"weight_decay": g["weight_decay"]} if "weight_decay" in g else {})
+            for g in stage.param_groups
+        ]
         optimizer = torch.optim.SGD(
             groups, lr=lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay
         )
