@@ -11,7 +11,8 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 TINY = {"backbone": "ir18", "backbone_width": 0.125, "embedding_size": 64}
 TINY_MINUSFACE = {**TINY, "generator_width": 4}
-TINY_CONFIGS = {"arcface": TINY, "minusface": TINY_MINUSFACE}
+TINY_DUETFACE = {**TINY, "client_width": 0.125, "client_embedding_size": 32}
+TINY_CONFIGS = {"arcface": TINY, "minusface": TINY_MINUSFACE, "duetface": TINY_DUETFACE}
 
 
 @pytest.fixture(scope="session")
