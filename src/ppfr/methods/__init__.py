@@ -85,6 +85,6 @@ def load(
 
 
 # register the built-in methods
-from ppfr.methods import arcface, dctdp, minusface, partialface  # noqa: E402, F401
+from ppfr.methods import arcface, dctdp, duetface, minusface, partialface  # noqa: E402, F401
 
 __all__ = ["METHODS", "Method", "Stage", "create", "list_methods", "load", "register_method"]

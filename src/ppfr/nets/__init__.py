@@ -1,19 +1,20 @@
-"""Networks: IR backbones, the U-Net generator and margin heads, registered by name.
+"""Networks: IR and MobileFaceNet backbones, the U-Net generator and margin heads, by name.
 
 Example:
     >>> from ppfr import nets
     >>> net = nets.create_backbone("ir18", in_channels=3, width=0.25)
     >>> sorted(nets.list_backbones())
-    ['ir100', 'ir18', 'ir34', 'ir50']
+    ['ir100', 'ir18', 'ir34', 'ir50', 'mobilefacenet']
 """
 
 from ppfr.nets._registries import BACKBONES, GENERATORS, HEADS
 from ppfr.nets.heads import ArcFaceHead, CosFaceHead, MarginHead
 from ppfr.nets.iresnet import IResNet
+from ppfr.nets.mobilefacenet import MobileFaceNet
 from ppfr.nets.unet import UNet
 
 
-def create_backbone(name: str, **config) -> IResNet:
+def create_backbone(name: str, **config) -> IResNet | MobileFaceNet:
     return BACKBONES.build(name, **config)
 
 
@@ -38,6 +39,7 @@ __all__ = [
     "CosFaceHead",
     "IResNet",
     "MarginHead",
+    "MobileFaceNet",
     "UNet",
     "create_backbone",
     "create_generator",

@@ -82,6 +82,9 @@ class IResNet(nn.Module):
                 blocks.append(IRBlock(cin, cout, 2 if i == 0 else 1))
                 cin = cout
         self.body = nn.Sequential(*blocks)
+        #: blocks and output channels of each of the four stages (``body`` runs them in order)
+        self.stage_depths = tuple(layers)
+        self.stage_channels = tuple(chans[1:])
         side = input_size // 16
         self.head = nn.Sequential(
             nn.BatchNorm2d(cin),
