@@ -52,12 +52,19 @@ DEMO_MODELS: dict[str, dict[str, Any]] = {
     },
     "partialface": {"backbone": "ir18", "backbone_width": 0.25, "train_repeats": 3},
     "dctdp": {"backbone": "ir18", "backbone_width": 0.25, "eps_mean": 1.0},
+    "duetface": {
+        "backbone": "ir18",
+        "backbone_width": 0.25,
+        "client_width": 0.25,
+        "client_embedding_size": 64,
+    },
 }
 DEMO_EPOCHS: dict[str, dict[str, int]] = {
     "arcface": {"recognizer": 16},
     "minusface": {"residue": 6, "protected": 14},  # stage 2 sees every image r=3 times an epoch
     "partialface": {"recognizer": 6},  # every image 3 times an epoch
     "dctdp": {"joint": 4},
+    "duetface": {"client": 8, "server": 12},
 }
 #: the recovery attack's inverter in the demo (the published attack uses width 64)
 DEMO_ATTACK: dict[str, int] = {"width": 8, "epochs": 10}
