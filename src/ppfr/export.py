@@ -86,12 +86,15 @@ class _MinusFaceProtect(nn.Module):
     def __init__(self, model: Method) -> None:
         super().__init__()
         self.encode = _DenseEncode()
-        self.generator = model._part("client").generator
+        client = model._part("client")
+        self.generator = client.generator
+        self.skip = bool(getattr(client, "skip", False))
         self.shuffles = model.config.shuffles
 
     def forward(self, faces: Tensor, noise: Tensor) -> Tensor:
         f = self.encode(faces)
-        r = f - self.generator(f)
+        u = self.generator(f)
+        r = -u if self.skip else f - u  # the residue exactly as MinusFaceClient.regenerate
         h, w = r.shape[2], r.shape[3]
         views = []
         for i in range(self.shuffles):

@@ -28,12 +28,15 @@ def test_dense_encode_matches_freq(faces):
     np.testing.assert_allclose(_DenseEncode()(faces), freq.encode(faces), atol=1e-3, rtol=1e-5)
 
 
-@pytest.mark.parametrize("shuffles", [1, 2])
-def test_onnx_parity_with_pytorch(tmp_path, faces, shuffles):
+@pytest.mark.parametrize("shuffles,skip", [(1, True), (2, False)])
+def test_onnx_parity_with_pytorch(tmp_path, faces, shuffles, skip):
     torch.manual_seed(0)
     bundle = tmp_path / "m"
     cfg = {"backbone": "ir18", "backbone_width": 0.125, "embedding_size": 64}
-    ppfr.create("minusface", generator_width=4, shuffles=shuffles, **cfg).save(bundle)
+    model = ppfr.create(
+        "minusface", generator_width=4, shuffles=shuffles, generator_skip=skip, **cfg
+    )
+    model.save(bundle)
     out = export_client(bundle, tmp_path / "client.onnx")
     model = ppfr.load(bundle, part="client")
     meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
@@ -50,7 +53,8 @@ def test_onnx_parity_with_pytorch(tmp_path, faces, shuffles):
         np.testing.assert_allclose(got, ref, atol=ATOL, rtol=0)
     # the permutation follows the noise: other noise, other output (the same channels)
     other = sess.run(None, {"faces": x.numpy(), "noise": np.random.rand(*noise.shape).astype("f")})
-    assert np.abs(other[0] - got).max() > 0.01
+    # (an untrained g(x) = x + U(x) has a tiny residue, so its views differ by little)
+    assert np.abs(other[0] - got).max() > (1e-4 if skip else 0.01)
 
 
 def test_onnx_output_is_accepted_by_the_server(bundle, tmp_path, faces):
