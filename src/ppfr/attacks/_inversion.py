@@ -10,6 +10,7 @@ Subclasses decide what the inverter reads (:meth:`InversionAttack.features`).
 from __future__ import annotations
 
 import time
+from abc import ABC, abstractmethod
 from typing import Any
 
 import torch
@@ -17,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ppfr.attacks._scoring import check_labels, method_name, score_images
+from ppfr.attacks._scoring import check_labels, eval_mode, method_name, score_images
 from ppfr.errors import InputError
 from ppfr.methods.base import check_faces
 from ppfr.nets.unet import UNet
@@ -68,7 +69,7 @@ class Inverter(nn.Module):
         return torch.sigmoid(self.net((x - self.mean) / self.std))
 
 
-class InversionAttack:
+class InversionAttack(ABC):
     """Train an :class:`Inverter` on the attacker's faces, then reconstruct the victims'.
 
     Args:
@@ -101,8 +102,9 @@ class InversionAttack:
         self.history: list[float] = []
 
     # ---- what the inverter reads (subclasses)
+    @abstractmethod
     def features(self, model: Any, faces: Tensor, generator: torch.Generator) -> Tensor:
-        raise NotImplementedError
+        """Faces -> what the inverter reads, (N, C, 112, 112); randomness from ``generator``."""
 
     @torch.no_grad()
     def _features(self, model: Any, faces: Tensor, generator: torch.Generator) -> Tensor:
@@ -119,12 +121,9 @@ class InversionAttack:
         aux = check_faces(aux, f"{self.name} attack (attacker's faces)")
         if len(aux) < 2:
             raise InputError(f"{self.name} attack: the attacker needs at least 2 faces")
-        was_training = bool(getattr(model, "training", False))
-        if hasattr(model, "eval"):
-            model.eval()
         g = torch.Generator().manual_seed(int(seed))
         target = (aux.float().cpu() + 1) / 2
-        try:
+        with eval_mode(model):
             x = self._features(model, aux, g)
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(int(seed))
@@ -158,9 +157,6 @@ class InversionAttack:
                 sched.step()
                 self.history.append(total / len(order))
                 bar.set_postfix(l1=f"{self.history[-1]:.4f}")
-        finally:
-            if was_training:
-                model.train()
         self.inverter = inverter.eval()
         return self.inverter
 
@@ -174,9 +170,8 @@ class InversionAttack:
         if self.inverter is None:
             raise InputError(f"{self.name} attack: call fit() (or run()) before reconstruct()")
         faces = check_faces(faces, f"{self.name} attack (victims)")
-        if hasattr(model, "eval"):
-            model.eval()
-        x = self._features(model, faces, torch.Generator().manual_seed(int(seed)))
+        with eval_mode(model):
+            x = self._features(model, faces, torch.Generator().manual_seed(int(seed)))
         return torch.cat(
             [self.inverter(x[i : i + 64]) for i in range(0, len(x), 64)]
             or [torch.empty(0, *FACE_SHAPE)]

@@ -8,6 +8,8 @@ pairs, and rank-1 identification of attack images against a gallery of originals
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -50,7 +52,7 @@ def score_images(
 
     # embed once; leakage and rank1 accept precomputed embeddings
     e_img = judge.embed(images, value_range=(0.0, 1.0))
-    e_orig = judge.embed(originals, value_range=(0.0, 1.0))
+    e_orig = judge.embed(faces, value_range=(-1.0, 1.0))
     leakage = judge.leakage(e_img, e_orig, labels, seed=int(seed))
     _, first = np.unique(labels, return_index=True)
     probe = np.setdiff1d(np.arange(len(labels)), first)
@@ -69,3 +71,16 @@ def score_images(
 
 def method_name(model: Any) -> str:
     return str(getattr(model, "name", type(model).__name__))
+
+
+@contextmanager
+def eval_mode(model: Any) -> Iterator[Any]:
+    """Run ``model`` in eval mode (batch-norm statistics untouched), restoring its mode after."""
+    was_training = bool(getattr(model, "training", False))
+    if hasattr(model, "eval"):
+        model.eval()
+    try:
+        yield model
+    finally:
+        if was_training:
+            model.train()

@@ -34,18 +34,21 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ppfr.attacks import register_attack
-from ppfr.attacks.metrics import psnr_per_image, ssim_per_image, to_unit_range
+from ppfr.attacks._scoring import (
+    check_labels,
+    eval_mode,
+    method_name,
+    score_images,
+)
+from ppfr.attacks.metrics import to_unit_range
 from ppfr.errors import InputError
 from ppfr.methods.base import check_faces
 from ppfr.slerpface import SlerpFace
-
-PSNR_CAP = 100.0
 
 
 class TemplateDecoder(nn.Module):
@@ -127,17 +130,11 @@ class TemplateInversionAttack:
         """
         faces = check_faces(faces, "template inversion")
         device = getattr(model, "device", torch.device("cpu"))
-        was_training = bool(getattr(model, "training", False))
-        if hasattr(model, "eval"):
-            model.eval()
-        try:
+        with eval_mode(model):
             out = [
                 model.embed(model.protect(faces[i : i + batch_size].to(device))).float().cpu()
                 for i in range(0, len(faces), batch_size)
             ]
-        finally:
-            if was_training:
-                model.train()
         return torch.cat(out) if out else torch.empty(0, 0)
 
     def _stored(self, t: Tensor, generator: torch.Generator) -> Tensor:
@@ -213,39 +210,17 @@ class TemplateInversionAttack:
         (capped at :data:`PSNR_CAP`), ``leakage``, ``rank1`` as in the viewing attack, plus
         ``attack``, ``method``, ``protected``, ``n``, ``seed``.
         """
-        faces = check_faces(faces, "template inversion")
-        labels = np.asarray(labels).ravel()
-        if len(labels) != len(faces):
-            raise InputError(f"{len(faces)} faces but {len(labels)} labels")
-        if judge is None:
-            from ppfr.judge import get_judge
-
-            judge = get_judge()
+        labels = check_labels(faces, labels, "template inversion")
         gen = torch.Generator().manual_seed(int(seed) + 1_000_003)  # not the training keys
         recon = self.reconstruct(self._stored(self.templates(model, faces), gen))
-        originals = to_unit_range(faces.detach().float().cpu(), (-1.0, 1.0))
-        ssims = ssim_per_image(recon, originals)
-        psnrs = np.minimum(psnr_per_image(recon, originals), PSNR_CAP)
-        e_rec = judge.embed(recon, value_range=(0.0, 1.0))
-        e_orig = judge.embed(faces, value_range=(-1.0, 1.0))
-        leakage = judge.leakage(e_rec, e_orig, labels, seed=int(seed))
-        _, first = np.unique(labels, return_index=True)
-        probe = np.setdiff1d(np.arange(len(labels)), first)
-        rank1 = (
-            judge.rank1(e_rec[probe], labels[probe], e_orig[first], labels[first])
-            if len(probe) and len(first) > 1
-            else math.nan
-        )
+        scores = score_images(recon, faces, labels, seed=seed, judge=judge)
         return {
             "attack": self.name,
-            "method": str(getattr(model, "name", type(model).__name__)),
+            "method": method_name(model),
             "protected": self.protection is not None,
             "n": int(len(faces)),
             "seed": int(seed),
-            "ssim": float(np.mean(ssims)),
-            "psnr": float(np.mean(psnrs)),
-            "leakage": float(leakage),
-            "rank1": float(rank1),
+            **scores,
         }
 
     def run(

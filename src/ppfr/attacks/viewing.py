@@ -29,7 +29,13 @@ import torch
 from torch import Tensor
 
 from ppfr.attacks import register_attack
-from ppfr.attacks._scoring import PSNR_CAP, check_labels, method_name, score_images
+from ppfr.attacks._scoring import (
+    PSNR_CAP,
+    check_labels,
+    eval_mode,
+    method_name,
+    score_images,
+)
 from ppfr.attacks.metrics import to_unit_range
 from ppfr.errors import InputError
 from ppfr.methods.base import check_faces
@@ -82,10 +88,7 @@ class ViewingAttack:
         """
         faces = check_faces(faces, "viewing attack")
         device = getattr(model, "device", torch.device("cpu"))
-        was_training = bool(getattr(model, "training", False))
-        if hasattr(model, "eval"):
-            model.eval()
-        try:
+        with eval_mode(model):
             views = [
                 self.view_representation(
                     model, model.protect(faces[i : i + self.batch_size].to(device), generator)
@@ -94,9 +97,6 @@ class ViewingAttack:
                 .cpu()
                 for i in range(0, len(faces), self.batch_size)
             ]
-        finally:
-            if was_training:
-                model.train()
         if not views:
             return torch.empty(0, *FACE_SHAPE)
         return torch.cat(views)
