@@ -172,6 +172,14 @@ def demo(
     attacks: Annotated[
         bool, typer.Option(help="Run the viewing and recovery attacks for the report.")
     ] = True,
+    attack_width: Annotated[
+        int | None,
+        typer.Option(help="Recovery inverter width (default 8; 64 is the published size).", min=1),
+    ] = None,
+    attack_epochs: Annotated[
+        int | None,
+        typer.Option(help="Recovery inverter epochs (default 10 x --epochs).", min=1),
+    ] = None,
 ) -> None:
     """Train on ORL's training identities, verify and attack held-out ones, write the report."""
     from ppfr.demo import run_demo
@@ -182,6 +190,8 @@ def demo(
         epoch_scale=epochs,
         seed=seed,
         attacks=attacks,
+        attack_width=attack_width,
+        attack_epochs=attack_epochs,
         log=console.print,
     )
     table = Table(title="ORL, held-out identities (open-set verification, 10 folds)")

@@ -173,13 +173,17 @@ def run_demo(
     seed: int = 0,
     progress: bool = True,
     attacks: bool = True,
+    attack_width: int | None = None,
+    attack_epochs: int | None = None,
     log=print,
 ) -> dict[str, Any]:
     """Train, evaluate and attack ``methods``; write the results and the report into ``out``.
 
     Files: ``report.json`` (every number), ``report.html`` (accuracy against privacy, image
     grids, plot) and ``results.md`` (the accuracy and cost table). ``attacks=False`` skips
-    the attacks (and the report's privacy columns).
+    the attacks (and the report's privacy columns). The recovery inverter has
+    ``attack_width`` (default :data:`DEMO_ATTACK`'s; 64 is the published full-size network)
+    and trains ``attack_epochs`` (default :data:`DEMO_ATTACK`'s, scaled by ``epoch_scale``).
     """
     check_methods(methods)
     t_start = time.perf_counter()
@@ -217,7 +221,8 @@ def run_demo(
                 train_set,
                 test_set,
                 seed=seed,
-                epochs=max(1, round(DEMO_ATTACK["epochs"] * epoch_scale)),
+                width=attack_width,
+                epochs=attack_epochs or max(1, round(DEMO_ATTACK["epochs"] * epoch_scale)),
                 progress=progress,
             )
             results["methods"][method]["attacks"] = scores

@@ -26,6 +26,7 @@ _ATTACK_COLUMNS = (
     ("viewing", "ssim", "viewing SSIM", "{:.3f}"),
     ("viewing", "leakage", "viewing leakage %", "pct"),
     ("recovery", "ssim", "recovery SSIM", "{:.3f}"),
+    ("recovery", "floor_ssim", "average-face SSIM", "{:.3f}"),
     ("recovery", "psnr", "recovery PSNR dB", "{:.2f}"),
     ("recovery", "leakage", "recovery leakage %", "pct"),
     ("recovery", "rank1", "recovery rank-1 %", "pct"),

@@ -7,6 +7,7 @@ import torch
 import ppfr
 from ppfr.attacks import AdaptiveAttack, RecoveryAttack, create_attack
 from ppfr.attacks._inversion import Inverter, inversion_input
+from ppfr.attacks._scoring import PSNR_CAP, average_face_scores
 from ppfr.attacks.adaptive import stacked_views
 from ppfr.data.orl import load_orl
 from ppfr.errors import InputError
@@ -62,6 +63,27 @@ def test_identity_protection_leaks_and_blank_does_not(people, judge):
     # every reconstruction of a blank input is the same image: no identity, chance leakage
     assert blank["leakage"] < 0.65 and blank["rank1"] <= 0.5
     assert all(np.isfinite(leaked[k]) for k in ("ssim", "psnr", "leakage", "rank1", "train_l1"))
+    # the average-face floor depends on the faces only; this 4-epoch inverter rises only a
+    # little above it in SSIM, though the identity already leaks
+    assert leaked["floor_ssim"] == blank["floor_ssim"] and 0 < leaked["floor_ssim"] < 1
+    assert leaked["ssim"] > leaked["floor_ssim"] > blank["ssim"]
+
+
+def test_average_face_floor_hand_computed(people):
+    victims, _, aux = people
+    one = victims[:1]
+    # the attacker's average of a face alone is that face: perfect scores, PSNR capped
+    same = average_face_scores(one, one)
+    assert same["floor_ssim"] == pytest.approx(1.0) and same["floor_psnr"] == PSNR_CAP
+    # a face and its negative average to mid-grey everywhere: PSNR from the MSE against 0.5
+    grey = average_face_scores(torch.cat([aux[:1], -aux[:1]]), victims[:5])
+    v01 = ((victims[:5] + 1) / 2).double()
+    mse = ((v01 - 0.5) ** 2).flatten(1).mean(1)
+    assert grey["floor_psnr"] == pytest.approx(float((10 * torch.log10(1 / mse)).mean()), rel=1e-4)
+    # the real average face shares the faces' layout: it scores above flat grey (which, on
+    # ORL's smooth regions, already scores ~0.35: SSIM is far from zero for a blank guess)
+    real = average_face_scores(aux, victims)
+    assert 0 < grey["floor_ssim"] < real["floor_ssim"] < 1
 
 
 def test_training_reduces_the_loss_and_is_deterministic(people):

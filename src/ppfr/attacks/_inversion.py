@@ -18,7 +18,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ppfr.attacks._scoring import check_labels, eval_mode, method_name, score_images
+from ppfr.attacks._scoring import (
+    average_face_scores,
+    check_labels,
+    eval_mode,
+    method_name,
+    score_images,
+)
 from ppfr.errors import InputError
 from ppfr.methods.base import check_faces
 from ppfr.nets.unet import UNet
@@ -190,7 +196,10 @@ class InversionAttack(ABC):
         """Fit on ``aux``, reconstruct ``faces`` (identities ``labels``) and score them.
 
         Keys: ``ssim``, ``psnr``, ``leakage``, ``rank1`` (see
-        :func:`ppfr.attacks._scoring.score_images`), ``train_l1`` (last epoch's loss),
+        :func:`ppfr.attacks._scoring.score_images`), ``floor_ssim`` and ``floor_psnr`` (what
+        the attacker's average face scores without looking at anything: the floor a
+        reconstruction must rise above, :func:`~ppfr.attacks._scoring.average_face_scores`),
+        ``train_l1`` (last epoch's loss),
         ``fit_seconds``, the attack's settings, ``method``, ``n`` and ``seed``.
         """
         labels = check_labels(faces, labels, f"{self.name} attack")
@@ -211,6 +220,7 @@ class InversionAttack(ABC):
             "aux": int(len(aux)),
             "seed": int(seed),
             **scores,
+            **average_face_scores(aux, faces),
             "train_l1": self.history[-1],
             "fit_seconds": fit_s,
             **self.settings(),

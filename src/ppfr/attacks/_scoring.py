@@ -69,6 +69,28 @@ def score_images(
     }
 
 
+def average_face_scores(aux: Tensor, faces: Tensor) -> dict[str, float]:
+    """SSIM and PSNR of the attacker's average face against each of ``faces``, averaged.
+
+    The floor of an inversion attack: an inverter that learns nothing from the protected
+    representation still outputs roughly the mean of the faces it was trained on (the L1
+    minimiser is their median, a close neighbour), and aligned faces share enough layout
+    that this scores far above zero. A reconstruction is only informative by how far it
+    rises above this floor (docs/privacy.md). Both tensors are (N, 3, 112, 112) in [-1, 1].
+
+    Returns ``floor_ssim`` and ``floor_psnr`` (capped at :data:`PSNR_CAP`).
+    """
+    aux = check_faces(aux, "average face (attacker's faces)")
+    faces = check_faces(faces, "average face (victims)")
+    mean = to_unit_range(aux.detach().float().cpu(), (-1.0, 1.0)).mean(0, keepdim=True)
+    originals = to_unit_range(faces.detach().float().cpu(), (-1.0, 1.0))
+    guess = mean.expand_as(originals).contiguous()
+    return {
+        "floor_ssim": float(np.mean(ssim_per_image(guess, originals))),
+        "floor_psnr": float(np.mean(np.minimum(psnr_per_image(guess, originals), PSNR_CAP))),
+    }
+
+
 def method_name(model: Any) -> str:
     return str(getattr(model, "name", type(model).__name__))
 
