@@ -223,33 +223,7 @@ def test_face_mask_flag(faces):
 
 
 # ---------------------------------------------------------------- training
-def _loss(stage, x, y):
-    with torch.no_grad():
-        return float(stage.module(x, y)[0])
-
-
-def _train(stage, x, y, steps, lr):
-    for m in stage.frozen:
-        m.requires_grad_(False)
-    opt = torch.optim.SGD(
-        [{"params": g["params"], "lr": lr * g["lr_scale"]} for g in stage.param_groups],
-        momentum=0.9,
-    )
-    stage.module.train()
-    for m in stage.frozen:
-        m.eval()
-    before = _loss(stage, x, y)
-    for _ in range(steps):
-        loss, logs = stage.module(x, y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    for m in stage.frozen:
-        m.requires_grad_(True)
-    return before, _loss(stage, x, y), logs
-
-
-def test_both_stages_train(orl4):
+def test_both_stages_train(orl4, train_stage):
     torch.manual_seed(0)
     m = ppfr.create("duetface", num_classes=4, **TINY_DUETFACE)
     idx = torch.arange(0, 40, 5)  # 2 faces of each of the 4 people
@@ -261,7 +235,7 @@ def test_both_stages_train(orl4):
     assert {id(p) for p in m.client.parameters()} <= s1_params
     assert not {id(p) for p in m.server.parameters()} & s1_params
     server_before = {k: v.clone() for k, v in m.server.state_dict().items()}
-    before, after, logs = _train(s1, x, y, steps=6, lr=0.01)
+    before, after, logs = train_stage(s1, x, y, steps=6, lr=0.01)
     assert set(logs) == {"id"} and after < 0.7 * before
     assert all(torch.equal(v, server_before[k]) for k, v in m.server.state_dict().items())
 
@@ -269,7 +243,7 @@ def test_both_stages_train(orl4):
     client_after_1 = {k: v.clone() for k, v in m.client.state_dict().items()}
     conv_before = [b.conv.weight.detach().clone() for b in m.server.interactions]
     assert s2.frozen == [m.client]
-    before2, after2, _ = _train(s2, x, y, steps=6, lr=0.01)
+    before2, after2, _ = train_stage(s2, x, y, steps=6, lr=0.01)
     assert after2 < 0.7 * before2
     for k, v in m.client.state_dict().items():
         assert torch.equal(v, client_after_1[k]), k

@@ -57,33 +57,7 @@ def test_concatenated_shuffles(faces):
     assert m.server["recognizer"].in_channels == 6
 
 
-def _loss(stage, x, y, seed=123):
-    torch.manual_seed(seed)  # the same shuffles before and after training
-    with torch.no_grad():
-        return float(stage.module(x, y)[0])
-
-
-def _train(stage, x, y, steps, lr):
-    """A few SGD steps; returns the loss on (x, y) before and after, and the last logs."""
-    for m in stage.frozen:
-        m.requires_grad_(False)
-    opt = torch.optim.SGD(
-        [{"params": g["params"], "lr": lr * g["lr_scale"]} for g in stage.param_groups],
-        momentum=0.9,
-    )
-    stage.module.train()
-    for m in stage.frozen:
-        m.eval()
-    before = _loss(stage, x, y)
-    for _ in range(steps):
-        loss, logs = stage.module(x, y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return before, _loss(stage, x, y), logs
-
-
-def test_both_stages_train(orl4):
+def test_both_stages_train(orl4, train_stage):
     torch.manual_seed(0)
     m = ppfr.create("minusface", num_classes=4, **TINY_MINUSFACE)
     idx = torch.arange(0, 40, 3)
@@ -93,7 +67,7 @@ def test_both_stages_train(orl4):
     gen_before = [p.detach().clone() for p in m.client.parameters()]
     # a gentle rate: at 0.01 the identity loss drives this width-4 generator far from the
     # identity in 8 steps, and X_p then varies too wildly for 10 stage-2 steps to fit
-    before, after, logs = _train(s1, x, y, steps=8, lr=0.001)
+    before, after, logs = train_stage(s1, x, y, steps=8, lr=0.001)
     assert set(logs) == {"pixel", "id"}
     assert after < before
     gen_after = {k: v.detach().clone() for k, v in m.client.state_dict().items()}
@@ -101,7 +75,7 @@ def test_both_stages_train(orl4):
         not torch.equal(a, b) for a, b in zip(gen_before, m.client.parameters(), strict=True)
     )
     assert s2.repeats == 3 and s2.frozen == [m.client]
-    before2, after2, _ = _train(s2, x, y, steps=10, lr=0.01)
+    before2, after2, _ = train_stage(s2, x, y, steps=10, lr=0.01)
     assert after2 < before2
     # stage 2 leaves the generator (weights and BN statistics) untouched
     for k, v in m.client.state_dict().items():
