@@ -46,9 +46,7 @@ def score_images(
 
         judge = get_judge()
     images = images.detach().float().cpu().clamp(0.0, 1.0)
-    originals = to_unit_range(faces.detach().float().cpu(), (-1.0, 1.0))
-    ssims = ssim_per_image(images, originals)
-    psnrs = np.minimum(psnr_per_image(images, originals), PSNR_CAP)
+    ssim, psnr = _pixel_scores(images, faces)
 
     # embed once; leakage and rank1 accept precomputed embeddings
     e_img = judge.embed(images, value_range=(0.0, 1.0))
@@ -62,8 +60,8 @@ def score_images(
         else math.nan
     )
     return {
-        "ssim": float(np.mean(ssims)),
-        "psnr": float(np.mean(psnrs)),
+        "ssim": ssim,
+        "psnr": psnr,
         "leakage": float(leakage),
         "rank1": float(rank1),
     }
@@ -83,12 +81,16 @@ def average_face_scores(aux: Tensor, faces: Tensor) -> dict[str, float]:
     aux = check_faces(aux, "average face (attacker's faces)")
     faces = check_faces(faces, "average face (victims)")
     mean = to_unit_range(aux.detach().float().cpu(), (-1.0, 1.0)).mean(0, keepdim=True)
+    ssim, psnr = _pixel_scores(mean.expand(len(faces), -1, -1, -1).contiguous(), faces)
+    return {"floor_ssim": ssim, "floor_psnr": psnr}
+
+
+def _pixel_scores(images: Tensor, faces: Tensor) -> tuple[float, float]:
+    """Mean SSIM and mean PSNR (capped at :data:`PSNR_CAP`) of ``images`` in [0, 1] against
+    ``faces`` in [-1, 1]."""
     originals = to_unit_range(faces.detach().float().cpu(), (-1.0, 1.0))
-    guess = mean.expand_as(originals).contiguous()
-    return {
-        "floor_ssim": float(np.mean(ssim_per_image(guess, originals))),
-        "floor_psnr": float(np.mean(np.minimum(psnr_per_image(guess, originals), PSNR_CAP))),
-    }
+    psnrs = np.minimum(psnr_per_image(images, originals), PSNR_CAP)
+    return float(np.mean(ssim_per_image(images, originals))), float(np.mean(psnrs))
 
 
 def method_name(model: Any) -> str:

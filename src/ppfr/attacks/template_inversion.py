@@ -207,8 +207,8 @@ class TemplateInversionAttack:
 
         The victims' database is built here: templates of ``faces``, protected with keys
         drawn from ``seed`` when the attack has a ``protection``. Keys: ``ssim``, ``psnr``
-        (capped at :data:`PSNR_CAP`), ``leakage``, ``rank1`` as in the viewing attack, plus
-        ``attack``, ``method``, ``protected``, ``n``, ``seed``.
+        (capped at :data:`ppfr.attacks._scoring.PSNR_CAP`), ``leakage``, ``rank1`` as in
+        the viewing attack, plus ``attack``, ``method``, ``protected``, ``n``, ``seed``.
         """
         labels = check_labels(faces, labels, "template inversion")
         gen = torch.Generator().manual_seed(int(seed) + 1_000_003)  # not the training keys
