@@ -8,6 +8,10 @@ and the server still recognises the person from it. Every method shares one API:
     p = model.protect(faces)        # client: (B, 3, 112, 112) in [-1, 1] -> protected
     t = model.embed(p)              # server: protected -> L2-normalised templates
     model.save("bundle"); ppfr.load("bundle", part="client")
+
+A program that runs ppfr's heavy loops (training, protecting batches) calls
+``ppfr.tune_allocator()`` once at start-up; the ``ppfr`` commands do it themselves
+(:mod:`ppfr.runtime` says why).
 """
 
 __version__ = "0.1.0"
@@ -20,6 +24,7 @@ from ppfr.errors import (  # noqa: E402
     UnknownNameError,
 )
 from ppfr.methods import Method, create, list_methods, load  # noqa: E402
+from ppfr.runtime import tune_allocator  # noqa: E402
 
 
 def __getattr__(name: str):
@@ -43,4 +48,5 @@ __all__ = [
     "create",
     "list_methods",
     "load",
+    "tune_allocator",
 ]

@@ -29,6 +29,12 @@ app = typer.Typer(
 )
 
 
+@app.callback()
+def _startup() -> None:
+    """ppfr: privacy-preserving face recognition (MinusFace and peers)."""
+    ppfr.tune_allocator()  # every command: large tensors stop costing page faults
+
+
 def _mount() -> None:
     from ppfr.cli_attack import attack_cmd
     from ppfr.cli_data import app as data_app

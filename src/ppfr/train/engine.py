@@ -107,6 +107,7 @@ class Trainer:
     def __init__(
         self, cfg: TrainConfig, dataset: FaceDataset | None = None, progress: bool = True
     ) -> None:
+        ppfr.tune_allocator()  # reuse freed step buffers instead of faulting in fresh pages
         self.cfg = cfg
         self.dist = _setup_distributed(_device_type(cfg.device))
         self.device = _resolve_device(cfg.device, self.dist)
