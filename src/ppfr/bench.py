@@ -17,7 +17,10 @@ for each split seed ``s`` in ``seed .. seed + splits - 1``
    wall-clock seconds;
 5. unless attacks are switched off, the viewing attack and the recovery attack
    (:mod:`ppfr.attacks`; the attacker owns the training identities' faces, the victims are
-   the held-out ones) score SSIM, PSNR, judge leakage and rank-1 of the held-out faces.
+   the held-out ones) score SSIM, PSNR, judge leakage and rank-1 of the held-out faces, and
+   the identity attacks (linkage: AUC, verification accuracy, rank-1, TAR; identity-guided
+   recovery: as recovery) use the split's ArcFace as the attacker's recognizer (ArcFace is
+   trained first; without it in the list the attacks train their own on the same faces).
 
 Per method, every figure is aggregated as mean and population standard deviation
 (``np.std``) over the splits; a figure that some split cannot report (TAR at a FAR finer than
@@ -53,10 +56,15 @@ BENCH_FARS = demo.ORL_FARS
 TIMING_BATCH = 32
 #: per-split figures aggregated as mean and std
 AGGREGATED = ("accuracy", "auc", "train_seconds", "protect_ms", "embed_ms")
-#: attack figures, aggregated when the attacks ran: "<attack>_<score>"
-ATTACK_SCORES = tuple(
-    f"{a}_{k}" for a in ("viewing", "recovery") for k in ("ssim", "psnr", "leakage", "rank1")
-)
+#: the figures kept of each attack, and the prefix of their per-split keys ("<prefix>_<score>")
+ATTACK_FIGURES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "viewing": ("viewing", ("ssim", "psnr", "leakage", "rank1")),
+    "recovery": ("recovery", ("ssim", "psnr", "leakage", "rank1")),
+    "linkage": ("linkage", ("accuracy", "auc", "rank1", "tar_0.01", "tar_0.001")),
+    "identity-recovery": ("identity", ("ssim", "psnr", "leakage", "rank1")),
+}
+#: attack figures, aggregated when the attacks ran
+ATTACK_SCORES = tuple(f"{p}_{k}" for p, keys in ATTACK_FIGURES.values() for k in keys)
 
 __all__ = [
     "BENCH_FARS",
@@ -170,7 +178,8 @@ def _run(
             "test_identities": test_ids,
             "methods": {},
         }
-        for method in methods:
+        recognizer = None
+        for method in demo.attacker_first(methods):
             model, cfg, train_s = demo.train_preset(
                 method,
                 train_set,
@@ -188,12 +197,20 @@ def _run(
                 timing_batch=TIMING_BATCH,
             )
             r["train_seconds"] = train_s
+            if method == "arcface":  # the attacker's recognizer for the identity attacks
+                recognizer = model
             if attack:
                 scores, _ = demo.attack_model(
-                    model, train_set, test_set, seed=s, progress=progress, **attack
+                    model,
+                    train_set,
+                    test_set,
+                    seed=s,
+                    progress=progress,
+                    recognizer=recognizer,
+                    epoch_scale=epoch_scale,
+                    **attack,
                 )
-                for name, sc in scores.items():
-                    r.update({f"{name}_{k}": sc[k] for k in ("ssim", "psnr", "leakage", "rank1")})
+                r.update(attack_figures(scores))
             r["device"] = str(model.device)
             r["model_dir"] = str(Path(cfg.out) / "model") if keep else None
             split["methods"][method] = r
@@ -203,13 +220,10 @@ def _run(
             log(
                 f"  {method}: accuracy {100 * r['accuracy']:.2f} ± {100 * r['std']:.2f} % "
                 f"({r['pairs']} pairs), AUC {_num(r['auc'], 4)}, trained in {train_s:.0f} s"
-                + (
-                    f"; recovery SSIM {r['recovery_ssim']:.3f}, "
-                    f"leakage {100 * r['recovery_leakage']:.1f} %"
-                    if attack
-                    else ""
-                )
+                + (f"; {demo.attack_summary(scores)}" if attack else "")
             )
+        # per split in the order asked for (training ran the attacker's recognizer first)
+        split["methods"] = {m: split["methods"][m] for m in methods}
         per_split.append(split)
 
     return {
@@ -237,6 +251,23 @@ def _run(
         "splits": per_split,
         "methods": {m: _aggregate([sp["methods"][m] for sp in per_split]) for m in methods},
     }
+
+
+def attack_figures(scores: dict[str, dict[str, Any]]) -> dict[str, float | None]:
+    """Flatten :func:`ppfr.demo.attack_model` scores to ``"<prefix>_<score>"`` figures.
+
+    ``tar_<far>`` reads the linkage TAR at that FAR (None where the pairs cannot measure
+    it); a NaN (rank-1 without probes) becomes None, which JSON can hold.
+    """
+    out: dict[str, float | None] = {}
+    for name, sc in scores.items():
+        if name not in ATTACK_FIGURES:
+            continue
+        prefix, keys = ATTACK_FIGURES[name]
+        for k in keys:
+            v = sc["tar_at_far"].get(k[4:]) if k.startswith("tar_") else sc.get(k)
+            out[f"{prefix}_{k}"] = None if v is None or v != v else float(v)
+    return out
 
 
 def _aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -281,6 +312,10 @@ def bench_rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         "recovery SSIM",
         "recovery PSNR (dB)",
         "recovery leakage (%)",
+        "linkage AUC",
+        "linkage rank-1 (%)",
+        "identity-guided rank-1 (%)",
+        "identity-guided leakage (%)",
     ]
     none = {"mean": None, "std": None}
     rows = []
@@ -301,6 +336,10 @@ def bench_rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
                 _pm(r.get("recovery_ssim", none), 3),
                 _pm(r.get("recovery_psnr", none), 2),
                 _pm(r.get("recovery_leakage", none), 1, 100),
+                _pm(r.get("linkage_auc", none), 3),
+                _pm(r.get("linkage_rank1", none), 1, 100),
+                _pm(r.get("identity_rank1", none), 1, 100),
+                _pm(r.get("identity_leakage", none), 1, 100),
             ]
         )
     return headers, rows

@@ -3,8 +3,9 @@
 :func:`write_report` turns the demo's results into ``report.json`` (every number) and a
 self-contained ``report.html`` (images embedded, no external files): a table of
 verification accuracy against the attacks' privacy scores, for a few held-out people the
-original face, the protected representation as the viewing attack sees it and the recovery
-attack's reconstruction, and a privacy-vs-accuracy plot (matplotlib).
+original face, the protected representation as the viewing attack sees it, the recovery
+attack's reconstruction and the identity-guided one, and a privacy-vs-accuracy plot
+(matplotlib; with the linkage attack's AUC where it ran).
 """
 
 from __future__ import annotations
@@ -30,7 +31,15 @@ _ATTACK_COLUMNS = (
     ("recovery", "psnr", "recovery PSNR dB", "{:.2f}"),
     ("recovery", "leakage", "recovery leakage %", "pct"),
     ("recovery", "rank1", "recovery rank-1 %", "pct"),
+    ("linkage", "auc", "linkage AUC", "{:.3f}"),
+    ("linkage", "accuracy", "linkage accuracy %", "pct"),
+    ("linkage", "rank1", "linkage rank-1 %", "pct"),
+    ("identity-recovery", "ssim", "identity-guided SSIM", "{:.3f}"),
+    ("identity-recovery", "leakage", "identity-guided leakage %", "pct"),
+    ("identity-recovery", "rank1", "identity-guided rank-1 %", "pct"),
 )
+#: the rows of a method's image grid, in the order attack_model returns them
+GRID_LABELS = ("original", "protected (view)", "recovered", "identity-guided")
 
 
 def attack_images(attack: Any, model: Any, faces: Tensor, *, seed: int = 0) -> Tensor:
@@ -83,22 +92,28 @@ def save_grid(path: str | Path, rows: Sequence[Tensor], labels: Sequence[str]) -
 
 
 def privacy_figure(results: dict[str, Any]):
-    """Verification accuracy (x) against the recovery attack's leakage and SSIM (y)."""
+    """Verification accuracy (x) against the attacks' scores (y): recovery leakage, recovery
+    SSIM and, where the identity attacks ran, the linkage attack's AUC."""
     plt = _matplotlib()
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
-    for name, r in results["methods"].items():
-        rec = r.get("attacks", {}).get("recovery")
-        if not rec:
-            continue
-        acc = 100 * r["accuracy"]
-        for ax, key, scale in ((axes[0], "leakage", 100), (axes[1], "ssim", 1)):
-            ax.scatter([acc], [scale * rec[key]], s=60)
-            ax.annotate(name, (acc, scale * rec[key]), textcoords="offset points", xytext=(6, 4))
-    axes[0].axhline(50, color="grey", lw=0.8, ls="--")
-    axes[0].text(axes[0].get_xlim()[0], 51, " chance", color="grey", fontsize=8)
-    axes[0].set_ylabel("recovery leakage % (lower is more private)")
-    axes[1].set_ylabel("recovery SSIM (lower is more private)")
-    for ax in axes:
+    linked = any(r.get("attacks", {}).get("linkage") for r in results["methods"].values())
+    panels = [("recovery", "leakage", 100, "recovery leakage % (lower is more private)", 50)]
+    panels.append(("recovery", "ssim", 1, "recovery SSIM (lower is more private)", None))
+    if linked:
+        panels.append(("linkage", "auc", 1, "linkage AUC (lower is more private)", 0.5))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False)
+    for ax, (attack, key, scale, label, chance) in zip(axes[0], panels, strict=True):
+        for name, r in results["methods"].items():
+            sc = r.get("attacks", {}).get(attack)
+            if not sc or sc.get(key) is None or sc[key] != sc[key]:
+                continue
+            acc, y = 100 * r["accuracy"], scale * sc[key]
+            ax.scatter([acc], [y], s=60)
+            ax.annotate(name, (acc, y), textcoords="offset points", xytext=(6, 4))
+        if chance is not None:
+            ax.axhline(chance, color="grey", lw=0.8, ls="--")
+            where = ("axes fraction", "data")
+            ax.annotate("chance", (0, chance), xycoords=where, color="grey", fontsize=8)
+        ax.set_ylabel(label)
         ax.set_xlabel("verification accuracy % (held-out ORL)")
         ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -148,8 +163,9 @@ def write_report(
 ) -> tuple[Path, Path]:
     """Write ``report.json`` and ``report.html`` into ``out``.
 
-    ``grids`` maps a method to its image rows ``(originals, views, reconstructions)``,
-    each (K, 3, 112, 112) in [0, 1], for the same K held-out people.
+    ``grids`` maps a method to its image rows (:data:`GRID_LABELS`: originals, views,
+    reconstructions, identity-guided reconstructions), each (K, 3, 112, 112) in [0, 1],
+    for the same K held-out people.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -174,7 +190,12 @@ def write_report(
         "attacker who holds the client model, on faces of the training identities, "
         "inverting the held-out people's representations. Leakage: an independent face "
         "recognizer's verification accuracy on (attack image of A, original of B) pairs; "
-        "50% is chance.</p>",
+        "50% is chance. Linkage: a student network, trained by the attacker on its own "
+        "protected faces to give the embedding its own face recognizer (the run's "
+        "unprotected ArcFace, never the judge) gives the face, links each held-out "
+        "protected face to photos of the held-out people (AUC 0.5 and rank-1 one in ten "
+        "are chance). Identity-guided: the recovery attack with an identity term under "
+        "the attacker's recognizer in its loss, scored by the judge.</p>",
     ]
     if any(r.get("attacks", {}).get("recovery") for r in results["methods"].values()):
         parts.append("<h2>Privacy against accuracy</h2>")
@@ -182,7 +203,7 @@ def write_report(
             f"<img alt='privacy vs accuracy' src='{_png_data_uri(privacy_figure(results))}'>"
         )
     for name, rows_ in (grids or {}).items():
-        labels = ["original", "protected (view)", "recovered"][: len(rows_)]
+        labels = list(GRID_LABELS[: len(rows_)])
         fig = grid_figure(rows_, labels)
         parts.append(f"<h2>{html.escape(name)}: held-out people</h2>")
         parts.append(f"<img alt='{html.escape(name)} images' src='{_png_data_uri(fig)}'>")

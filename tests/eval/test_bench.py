@@ -37,6 +37,8 @@ def tiny_bench(monkeypatch):
     monkeypatch.setattr(ppfr.demo, "DEMO_EPOCHS", {
         "arcface": {"recognizer": 1}, "minusface": {"residue": 1, "protected": 1}})  # fmt: skip
     monkeypatch.setattr(ppfr.demo, "DEMO_ATTACK", {"width": 2, "epochs": 1})
+    monkeypatch.setattr(ppfr.demo, "DEMO_LINKAGE", {"epochs": 1})
+    monkeypatch.setattr(ppfr.demo, "DEMO_IDENTITY", {"width": 2, "epochs": 1})
     calls = []
 
     def small_orl(ids, aligned=False):
@@ -76,7 +78,8 @@ def test_bench_over_two_splits(tiny_bench, tmp_path):
     for name, agg in results["methods"].items():
         per = [s["methods"][name] for s in results["splits"]]
         for key in ("accuracy", "auc", "train_seconds", "protect_ms", "embed_ms",
-                    "recovery_ssim", "recovery_leakage", "viewing_leakage"):  # fmt: skip
+                    "recovery_ssim", "recovery_leakage", "viewing_leakage", "linkage_auc",
+                    "linkage_rank1", "identity_rank1", "identity_leakage"):  # fmt: skip
             vals = [p[key] for p in per]
             assert agg[key]["values"] == vals
             assert agg[key]["mean"] == pytest.approx(np.mean(vals), abs=1e-12)
@@ -95,6 +98,9 @@ def test_bench_over_two_splits(tiny_bench, tmp_path):
     cells = [[c.strip() for c in r.split("|")[1:-1]] for r in rows]
     assert cells[0][4] == "TAR@FAR=1e-3 (%)" and [c[4] for c in cells[1:]] == ["n/a", "n/a"]
     assert [c[0] for c in cells[1:]] == ["arcface", "minusface"]
+    assert cells[0][-4:] == ["linkage AUC", "linkage rank-1 (%)", "identity-guided rank-1 (%)",
+                             "identity-guided leakage (%)"]  # fmt: skip
+    assert all(c[-4] != "n/a" and c[-1] != "n/a" for c in cells[1:])
     assert "minusface" in res.output and "bench.md" in res.output
 
 

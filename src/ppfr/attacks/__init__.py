@@ -3,6 +3,8 @@
 An attack takes a model (a registered method) and faces with their identities, and scores
 how much of the face the method's protected representation gives away (brief, section 4):
 SSIM and PSNR against the original, and identity leakage measured by the independent judge.
+The identity attacks (``linkage``, ``identity-recovery``) use a face recognizer of the
+attacker's own, never the judge (docs/privacy.md).
 
 Example:
     >>> from ppfr.attacks import create_attack, list_attacks
@@ -38,8 +40,17 @@ def create_attack(name: str, **config: Any) -> Any:
 
 
 # register the built-in attacks
-from ppfr.attacks import adaptive, recovery, template_inversion, viewing  # noqa: E402
+from ppfr.attacks import (  # noqa: E402
+    adaptive,
+    identity_recovery,
+    linkage,
+    recovery,
+    template_inversion,
+    viewing,
+)
 from ppfr.attacks.adaptive import AdaptiveAttack  # noqa: E402
+from ppfr.attacks.identity_recovery import IdentityRecoveryAttack  # noqa: E402
+from ppfr.attacks.linkage import LinkageAttack  # noqa: E402
 from ppfr.attacks.recovery import RecoveryAttack  # noqa: E402
 from ppfr.attacks.template_inversion import TemplateInversionAttack  # noqa: E402
 from ppfr.attacks.viewing import ViewingAttack  # noqa: E402
@@ -47,11 +58,15 @@ from ppfr.attacks.viewing import ViewingAttack  # noqa: E402
 __all__ = [
     "ATTACKS",
     "AdaptiveAttack",
+    "IdentityRecoveryAttack",
+    "LinkageAttack",
     "RecoveryAttack",
     "TemplateInversionAttack",
     "ViewingAttack",
     "create_attack",
     "adaptive",
+    "identity_recovery",
+    "linkage",
     "list_attacks",
     "recovery",
     "register_attack",

@@ -121,12 +121,25 @@ class InversionAttack(ABC):
         ]
         return torch.cat(chunks)
 
+    # ---- the training loss (subclasses may add terms)
+    def prepare(self, model: Any, aux: Tensor, aux_labels: Any, seed: int) -> None:  # noqa: B027
+        """Called once before training with the attacker's faces (default: nothing)."""
+
+    def loss(self, output: Tensor, target: Tensor, idx: Tensor) -> Tensor:
+        """Training loss of reconstructions ``output`` against faces ``target`` (both in
+        [0, 1]); ``idx`` indexes the batch in the attacker's faces. The published L1."""
+        return F.l1_loss(output, target)
+
     # ---- training and reconstruction
-    def fit(self, model: Any, aux: Tensor, *, seed: int = 0) -> Inverter:
-        """Train the inverter on the attacker's faces ``aux`` ((N, 3, 112, 112) in [-1, 1])."""
+    def fit(self, model: Any, aux: Tensor, *, seed: int = 0, aux_labels: Any = None) -> Inverter:
+        """Train the inverter on the attacker's faces ``aux`` ((N, 3, 112, 112) in [-1, 1]).
+
+        ``aux_labels`` (their identities) is used only by attacks that need it.
+        """
         aux = check_faces(aux, f"{self.name} attack (attacker's faces)")
         if len(aux) < 2:
             raise InputError(f"{self.name} attack: the attacker needs at least 2 faces")
+        self.prepare(model, aux, aux_labels, int(seed))
         g = torch.Generator().manual_seed(int(seed))
         target = (aux.float().cpu() + 1) / 2
         with eval_mode(model):
@@ -155,7 +168,7 @@ class InversionAttack(ABC):
                 total = 0.0
                 for i in range(0, len(order), self.batch_size):
                     idx = order[i : i + self.batch_size]
-                    loss = F.l1_loss(inverter(x[idx]), target[idx])
+                    loss = self.loss(inverter(x[idx]), target[idx], idx)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
@@ -190,6 +203,7 @@ class InversionAttack(ABC):
         labels: Any,
         *,
         aux: Tensor | None = None,
+        aux_labels: Any = None,
         seed: int = 0,
         judge: Any = None,
     ) -> dict[str, Any]:
@@ -199,7 +213,7 @@ class InversionAttack(ABC):
         :func:`ppfr.attacks._scoring.score_images`), ``floor_ssim`` and ``floor_psnr`` (what
         the attacker's average face scores without looking at anything: the floor a
         reconstruction must rise above, :func:`~ppfr.attacks._scoring.average_face_scores`),
-        ``train_l1`` (last epoch's loss),
+        ``train_l1`` (last epoch's training loss: the L1, plus any term a subclass adds),
         ``fit_seconds``, the attack's settings, ``method``, ``n`` and ``seed``.
         """
         labels = check_labels(faces, labels, f"{self.name} attack")
@@ -209,7 +223,7 @@ class InversionAttack(ABC):
                 "(faces of identities disjoint from the victims)"
             )
         t0 = time.perf_counter()
-        self.fit(model, aux, seed=seed)
+        self.fit(model, aux, seed=seed, aux_labels=aux_labels)
         fit_s = time.perf_counter() - t0
         recon = self.reconstruct(model, faces, seed=seed + 1)
         scores = score_images(recon, faces, labels, seed=seed, judge=judge)

@@ -111,13 +111,15 @@ class ViewingAttack:
         seed: int = 0,
         judge: Any = None,
         aux: Tensor | None = None,
+        aux_labels: Any = None,
     ) -> dict[str, Any]:
         """Score the views of ``faces`` (identities ``labels``); JSON-friendly dict.
 
         Keys: ``ssim``, ``psnr``, ``leakage`` and ``rank1`` (see
         :func:`ppfr.attacks._scoring.score_images`), plus ``attack``, ``method``, ``n`` and
         ``seed``. ``seed`` seeds the method's per-image randomness and the pairs. ``aux``
-        (the attacker's own faces) is accepted for a uniform attack API and not needed.
+        and ``aux_labels`` (the attacker's own faces) are accepted for a uniform attack API
+        and not needed.
         """
         labels = check_labels(faces, labels, "viewing attack")
         views = self.view(model, faces, torch.Generator().manual_seed(int(seed)))
