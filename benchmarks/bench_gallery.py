@@ -1,6 +1,7 @@
 """Gallery storage and identification: enrolment throughput, identify latency, scoring cost.
 
 Run:  python benchmarks/bench_gallery.py --sizes 10000,100000,1000000
+      python benchmarks/bench_gallery.py --stream-sizes 100000,1000000 --backends none
 
 For each backend (SQLite file; PostgreSQL, a throwaway local server started here unless
 ``--postgres-url`` is given) and each gallery size ``n``: enrol ``n`` random unit 512-d
@@ -12,6 +13,13 @@ enrolled unprotected and searched with FAISS ``IndexFlatIP``. Last, the per-pair
 SlerpFace scoring (the matcher's cached path and ``SlerpFace.scores``) against the FLOP
 count and the machine's measured single-precision matmul rate.
 
+``--stream-sizes``: SlerpFace identification against the memory bound. For each size (a
+SQLite gallery, reused from ``--workdir`` when it already holds the rows) and each
+``--stream-dtypes`` storage type of the matcher's index: single-query ``identify`` p50/p99
+interleaved with a plain streaming read (a sum) of the very arrays the index holds, so
+both see the same machine state; the ratio is the figure of merit. User/system CPU time of
+the identify loop comes from ``getrusage``: a high system share means page faults.
+
 Everything random is seeded. Prints markdown tables.
 """
 
@@ -20,6 +28,7 @@ from __future__ import annotations
 import argparse
 import gc
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -31,9 +40,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import machine  # noqa: E402
 
+import ppfr  # noqa: E402
 from ppfr.serve import Matcher, open_store  # noqa: E402
-from ppfr.serve.matching import _KeyCache, _slerp_scores  # noqa: E402
-from ppfr.slerpface import SlerpFace  # noqa: E402
+from ppfr.slerpface import SlerpFace, SlerpFaceIndex  # noqa: E402
 
 DIM = 512
 PER_SUBJECT = 2
@@ -204,26 +213,24 @@ def matmul_gflops() -> float:
 
 
 def scoring_cost(n: int) -> list[dict]:
-    """ns per (query, template) pair and GFLOP/s of the two SlerpFace scoring paths."""
+    """ns per (query, template) pair and GFLOP/s of the streamed index and SlerpFace.scores."""
     sf = SlerpFace(DIM)
     g = torch.Generator().manual_seed(3)
     t = torch.nn.functional.normalize(torch.randn(n, DIM, generator=g), dim=1)
     k = sf.draw_keys(n, generator=g)
     p = sf.protect(t, k)
-    cache = _KeyCache.build(sf, p, k)
+    index = SlerpFaceIndex(sf, p, k)
     G = sf.num_groups
-    # cached path: 4 dot products per group (8*D) + ~27 scalar ops per group (3 of them
-    # transcendental: arccos, sin, cos), counted as one FLOP each
-    flops_cached = 8 * DIM + 27 * G
-    # SlerpFace.scores: per pair ~11*D (group dot, slerp combination, mask, renormalise,
-    # final dot) + ~10 per group; plus an argsort of every key's groups on every call
-    flops_ref = 11 * DIM + 10 * G
+    # index: 4 dot products per group (8*D) + ~14 scalar operations per group (2 of them
+    # transcendental: arccos, and sin on two angles counted once), one FLOP each
+    flops_index = 8 * DIM + 14 * G
+    # SlerpFace.scores builds the index on every call (an argsort of every key) and scores
     out = []
     for m in (1, 32):
         q = t[:m] + 0.01
-        for label, fn, flops in (
-            ("matcher (key cache)", lambda q=q: _slerp_scores(sf, q, p, cache), flops_cached),
-            ("SlerpFace.scores", lambda q=q: sf.scores(q, p, k), flops_ref),
+        for label, fn in (
+            ("matcher (streamed index)", lambda q=q: index.scores(q)),
+            ("SlerpFace.scores (index rebuilt per call)", lambda q=q: sf.scores(q, p, k)),
         ):
             fn()
             best = float("inf")
@@ -232,8 +239,73 @@ def scoring_cost(n: int) -> list[dict]:
                 fn()
                 best = min(best, time.perf_counter() - t0)
             ns = 1e9 * best / (m * n)
-            out.append(dict(path=label, m=m, ns=ns, flops=flops, gflops=flops / ns))
+            out.append(dict(path=label, m=m, ns=ns, flops=flops_index, gflops=flops_index / ns))
     return out
+
+
+def read_once(index: SlerpFaceIndex) -> float:
+    """Seconds to stream every array the index holds once (a sum: one add per value).
+
+    Half storage is read as float32 words (the same bytes, half as many values; denormals
+    flushed), so the time is that of moving the bytes, not of converting them.
+    """
+    blocks = index.blocks
+    if blocks.dtype == torch.float16:
+        blocks = blocks.view(torch.float32)
+    t0 = time.perf_counter()
+    float(blocks.sum()) + float(index.scalars.sum())
+    return time.perf_counter() - t0
+
+
+def stream_bench(args, sf: SlerpFace, workdir: Path) -> list[dict]:
+    """Identify p50 against the read-once time of the index, per size and storage type."""
+    torch.set_flush_denormal(True)
+    rows = []
+    for n in args.stream_sizes:
+        path = workdir / f"stream{n}.db"
+        store = open_store(f"sqlite:///{path}")
+        gallery = f"stream{n}"
+        have = store.stats(gallery).templates
+        if have != n:
+            if have:
+                raise SystemExit(f"{path} holds {have} rows, not {n}: remove it first")
+            t0 = time.perf_counter()
+            enrol(store, gallery, n, args.batch, sf, protect=True)
+            print(f"# enrolled {n:,} in {time.perf_counter() - t0:.0f} s", flush=True)
+        count = args.queries if n < 1_000_000 else args.queries_1m
+        q, names = queries(n, count, sf, seed=0, batch=args.batch)
+        for dtype in args.stream_dtypes:
+            gc.collect()
+            base = rss_mib()
+            matcher = Matcher(store, sf, index_dtype=dtype)
+            t0 = time.perf_counter()
+            index = matcher.snapshot(gallery).slerp
+            snap_s = time.perf_counter() - t0
+            mem = rss_mib() - base
+            matcher.identify(gallery, q[:1], top_k=5)  # warm-up
+            lat, reads, hits = [], [], 0
+            r0 = resource.getrusage(resource.RUSAGE_SELF)
+            for i in range(len(q)):
+                t0 = time.perf_counter()
+                res = matcher.identify(gallery, q[i : i + 1], top_k=5)
+                lat.append(1000 * (time.perf_counter() - t0))
+                hits += res[0][0][0] == names[i]
+                reads.append(1000 * read_once(index))
+            r1 = resource.getrusage(resource.RUSAGE_SELF)
+            user, system = r1.ru_utime - r0.ru_utime, r1.ru_stime - r0.ru_stime
+            row = dict(
+                n=n, dtype=str(dtype).replace("torch.", ""), mib=index.nbytes / 2**20,
+                snap_s=snap_s, mem=mem, p50=percentile(lat, 50), p99=percentile(lat, 99),
+                read=percentile(reads, 50), acc=hits / len(q), nq=len(q), user=user,
+                system=system, load=os.getloadavg()[0],
+            )  # fmt: skip
+            row["ratio"] = row["p50"] / row["read"]
+            rows.append(row)
+            print(row, flush=True)
+            del matcher, index
+            gc.collect()
+        store.close()
+    return rows
 
 
 def main() -> None:
@@ -248,9 +320,14 @@ def main() -> None:
     ap.add_argument("--queries-1m", type=int, default=20, help="... at 1M templates and up")
     ap.add_argument("--scoring-n", type=int, default=20000, help="templates for the cost table")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (shared machine: 1)")
+    ap.add_argument("--stream-sizes", default="", help="identify vs read-once, e.g. 100000")
+    ap.add_argument("--stream-dtypes", default="float32,float16", help="index storage types")
     args = ap.parse_args()
+    ppfr.tune_allocator()  # freed buffers stay in the process: no page faults per request
     args.sizes = [int(s) for s in args.sizes.split(",") if s]
     args.plain_sizes = {int(s) for s in args.plain_sizes.split(",") if s}
+    args.stream_sizes = [int(s) for s in args.stream_sizes.split(",") if s]
+    args.stream_dtypes = [getattr(torch, d) for d in args.stream_dtypes.split(",") if d]
     torch.set_num_threads(args.threads)
     try:
         import faiss
@@ -263,7 +340,24 @@ def main() -> None:
     rows: list[dict] = []
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="ppfr-bench-"))
     server = None
-    for backend in args.backends.split(","):
+    if args.stream_sizes:
+        stream = stream_bench(args, sf, workdir)
+        print(
+            "\n| templates | index storage | index (MiB) | snapshot load (s) "
+            "| identify p50 (ms) | identify p99 (ms) | read once, p50 (ms) | p50 / read "
+            "| user / system CPU (s) | system share | rank-1 (queries) | load avg |"
+        )
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+        for r in stream:
+            print(
+                f"| {r['n']:,} | {r['dtype']} | {r['mib']:,.0f} | {r['snap_s']:.1f} "
+                f"| {r['p50']:.1f} | {r['p99']:.1f} | {r['read']:.1f} | {r['ratio']:.2f} "
+                f"| {r['user']:.1f} / {r['system']:.2f} "
+                f"| {100 * r['system'] / max(r['user'] + r['system'], 1e-9):.1f}% "
+                f"| {r['acc']:.2f} ({r['nq']}) | {r['load']:.1f} |"
+            )
+        print()
+    for backend in (b for b in args.backends.split(",") if b != "none"):
         if backend == "sqlite":
             counter = iter(range(10**6))
             url = lambda: f"sqlite:///{workdir / f'g{next(counter)}.db'}"  # noqa: E731
@@ -284,6 +378,8 @@ def main() -> None:
         for f in workdir.glob("g*.db"):
             f.unlink()
     print(f"\n# load avg at the end {os.getloadavg()}\n")
+    if not rows:  # --backends none: the stream table above is all
+        return
 
     def fmt(x, spec=".1f"):
         return "-" if x is None else format(x, spec)

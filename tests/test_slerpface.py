@@ -1,4 +1,10 @@
-"""ppfr.slerpface against the brief's definition, with a slow reference written here."""
+"""ppfr.slerpface against its definition, with slow references written here.
+
+``reference_score`` follows the definition one group at a time in float64;
+``direct_scores`` is the direct vectorised form (rotate the query with every key, mask,
+renormalise, dot), the way SlerpFace scored before the streamed index, kept here as the
+reference the index must equal to float32 rounding on many pairs.
+"""
 
 import math
 
@@ -7,7 +13,12 @@ import torch
 import torch.nn.functional as F
 
 from ppfr.errors import InputError
-from ppfr.slerpface import SlerpFace, SlerpFaceConfig, group_weights_from_templates
+from ppfr.slerpface import (
+    SlerpFace,
+    SlerpFaceConfig,
+    SlerpFaceIndex,
+    group_weights_from_templates,
+)
 
 DIM = 128
 
@@ -110,16 +121,120 @@ def test_scores_match_reference_loop():
     assert torch.allclose(sf.scores(t, p, k).diag(), torch.ones(len(t)), atol=1e-5)
 
 
-def test_scores_blocking_matches_single_block(monkeypatch):
-    import ppfr.slerpface as mod
+def direct_scores(sf, q, p, k):
+    """(m, n) scores by the direct form, float32, vectorised over every (query, key) pair."""
+    n, g, s = p.shape[0], sf.num_groups, sf.group_size
+    q_hat = sf._unit(q.reshape(-1, 1, g, s))  # (m, 1, G, s)
+    k_hat = sf._unit(k.reshape(1, n, g, s))  # (1, n, G, s)
+    rotated = sf._slerp(q_hat, k_hat)  # (m, n, G, s), the linear limit where sin ~ 0
+    masked = sf._unit(rotated * sf._keep_mask(k).unsqueeze(0))
+    return (masked * p.reshape(1, n, g, s)).sum(dim=(-1, -2))
 
+
+def _random_setup(n=300, m=5, dim=DIM, seed=0, config=None):
+    g = torch.Generator().manual_seed(seed)
+    weights = torch.rand(dim // 16, generator=g) + 0.2  # non-uniform: alpha_g, drop_g vary
+    sf = SlerpFace(dim, config or SlerpFaceConfig(drop=0.4), weights=weights)
+    t = F.normalize(torch.randn(n, dim, generator=g), dim=1)
+    k = sf.draw_keys(n, generator=g)
+    q = F.normalize(torch.randn(m, dim, generator=g), dim=1)
+    return sf, sf.protect(t, k), k, q, t
+
+
+@pytest.mark.parametrize("block", [1, 64, 128, 2048])
+def test_index_equals_direct_form(block):
+    sf, p, k, q, t = _random_setup()
+    idx = SlerpFaceIndex(sf, p, k, block=block)
+    want = direct_scores(sf, torch.cat([q, t[:3]]), p, k)
+    torch.testing.assert_close(idx.scores(torch.cat([q, t[:3]])), want, atol=1e-5, rtol=0)
+    # one query at a time (the serving case) gives the same numbers
+    torch.testing.assert_close(idx.scores(q[:1]), want[:1], atol=1e-5, rtol=0)
+    # and SlerpFace.scores is the index under the hood
+    torch.testing.assert_close(sf.scores(q, p, k), want[: len(q)], atol=1e-5, rtol=0)
+
+
+def test_index_rows_match_full_scores():
+    sf, p, k, q, _ = _random_setup(n=500)
+    idx = sf.index(p, k)
+    idx_small = SlerpFaceIndex(sf, p, k, block=64)
+    full = idx.scores(q)
+    for rows in (slice(0, 500), slice(3, 7), slice(60, 70), slice(100, 400), slice(499, 500)):
+        torch.testing.assert_close(idx.scores(q, rows), full[:, rows], atol=1e-6, rtol=0)
+        torch.testing.assert_close(idx_small.scores(q, rows), full[:, rows], atol=1e-5, rtol=0)
+    assert idx.scores(q, slice(5, 5)).shape == (len(q), 0)
+    with pytest.raises(InputError, match="contiguous slice"):
+        idx.scores(q, [1, 2])
+
+
+def test_index_on_real_faces(orl4):
+    """Templates from real ORL faces (a fixed random projection of the pixels)."""
+    x = orl4.faces.mean(1).flatten(1)  # (40, 112*112) grey
+    x = x - x.mean(0)
+    proj = torch.randn(x.shape[1], DIM, generator=torch.Generator().manual_seed(0))
+    t = F.normalize(x @ proj, dim=1)
     sf = SlerpFace(DIM)
-    t, _ = clustered()
-    k = sf.draw_keys(len(t), generator=torch.Generator().manual_seed(6))
+    k = sf.draw_keys(len(t), generator=torch.Generator().manual_seed(1))
     p = sf.protect(t, k)
-    whole = sf.scores(t, p, k)
-    monkeypatch.setattr(mod, "_SCORE_BYTES", 1)  # one stored template per block
-    assert torch.allclose(sf.scores(t, p, k), whole, atol=1e-6)
+    idx = SlerpFaceIndex(sf, p, k, block=16)
+    got = idx.scores(t)
+    torch.testing.assert_close(got, direct_scores(sf, t, p, k), atol=1e-5, rtol=0)
+    # a few pairs against the float64 definition, and a template matches itself exactly
+    for i, j in ((0, 0), (3, 17), (39, 5)):
+        assert abs(float(got[i, j]) - reference_score(sf, t[i], p[j], k[j])) < 1e-5
+    torch.testing.assert_close(got.diag(), torch.ones(len(t)), atol=1e-5, rtol=0)
+
+
+def test_index_edge_cases_match_direct_form():
+    sf, p, k, q, _ = _random_setup(n=8)
+    kg = k.view(8, sf.num_groups, sf.group_size)
+    edge = torch.stack(
+        [
+            k[0],  # every group aligned with key 0: theta = 0 against it
+            -k[1],  # every group antipodal to key 1: the linear fallback
+            torch.zeros(DIM),  # zero query: every group normalises to 0
+            torch.cat([kg[2, 0], -kg[3, 1], q[0, 32:]]),  # mixed groups
+            k[4] * 1e-20,  # tiny but non-zero
+        ]
+    )
+    idx = SlerpFaceIndex(sf, p, k, block=4)
+    got = idx.scores(edge)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, direct_scores(sf, edge, p, k), atol=1e-5, rtol=0)
+    # theta = 0: the slerp of k with itself is k, so the score is p . unit(M k) per group
+    kk = F.normalize(kg[0].double(), dim=-1)
+    keep = sf._keep_mask(k[:1])[0]
+    limit = (F.normalize(kk * keep, dim=-1) * p[0].view_as(kk).double()).sum()
+    assert abs(float(got[0, 0]) - float(limit)) < 1e-5
+
+
+def test_index_float16_close_and_small():
+    sf, p, k, q, t = _random_setup(n=400)
+    full = SlerpFaceIndex(sf, p, k, block=128)
+    half = SlerpFaceIndex(sf, p, k, dtype=torch.float16, block=128)
+    assert half.blocks.dtype == torch.float16
+    assert half.nbytes < 0.6 * full.nbytes
+    a, b = full.scores(torch.cat([q, t[:4]])), half.scores(torch.cat([q, t[:4]]))
+    # half storage rounds each stored value to ~3 significant digits; scores move ~1e-3
+    assert float((a - b).abs().max()) < 5e-3
+    # the ordering of templates for a query barely changes
+    top_full = a.topk(10, dim=1).indices
+    top_half = b.topk(10, dim=1).indices
+    assert (top_full[:, 0] == top_half[:, 0]).float().mean() >= 0.8
+    with pytest.raises(InputError, match="dtype"):
+        SlerpFaceIndex(sf, p, k, dtype=torch.float64)
+    with pytest.raises(InputError, match="block"):
+        SlerpFaceIndex(sf, p, k, block=0)
+    with pytest.raises(InputError, match="one key per protected"):
+        SlerpFaceIndex(sf, p, k[:3])
+
+
+def test_index_empty_and_deterministic():
+    sf, p, k, q, _ = _random_setup(n=10)
+    empty = SlerpFaceIndex(sf, p[:0], k[:0])
+    assert len(empty) == 0 and empty.scores(q).shape == (len(q), 0)
+    idx = SlerpFaceIndex(sf, p, k)
+    assert idx.scores(q[:0]).shape == (0, 10)
+    assert torch.equal(idx.scores(q), SlerpFaceIndex(sf, p, k).scores(q))
 
 
 def test_uniform_weights_by_default_and_drop_schedule():

@@ -63,10 +63,34 @@ plane of :math:`\hat t_g, \hat k_g`), but the dropped entries are gone; hence ke
 apart from the templates (deployment, ``ppfr.serve``) and ``drop`` controls how much of the
 template survives even if both leak.
 
+Streamed matching (:class:`SlerpFaceIndex`). Matching one query against many stored
+templates needs, per group, only inner products of the query with arrays fixed at
+enrolment. With :math:`c_g = \hat q_g \cdot \hat k_g`, :math:`\theta_g = \arccos c_g` and
+the slerp weights scaled by :math:`\sin\theta_g` (the score is invariant to a common
+positive scale of both), :math:`u = \sin((1-\alpha_g)\theta_g)`,
+:math:`v = \sin(\alpha_g\theta_g)`, the masked rotated query is
+:math:`M_g(u \hat q_g + v \hat k_g)` and
+
+.. math:: s(q, p) = \sum_g \frac{u\, \hat q_g \cdot p_g + v\, \hat k_g \cdot p_g}
+          {\sqrt{u^2\, \hat q_g^{2} \cdot M_g + 2uv\, \hat q_g \cdot (M_g \odot \hat k_g)
+          + v^2 \lVert M_g \odot \hat k_g \rVert^2}}
+
+(:math:`p_g` is zero outside :math:`M_g`, so :math:`M_g p_g = p_g`). Four per-template
+arrays, :math:`\hat k`, :math:`M \odot \hat k`, :math:`p` and :math:`M` (as 0/1 values),
+meet the query in four group-wise inner products; two per-group scalars,
+:math:`\hat k_g \cdot p_g` and :math:`\lVert M_g \odot \hat k_g\rVert^2`, are fixed too.
+The index stores them once, in blocks laid out so that each inner product is one batched
+matrix product over contiguous memory, and a query reads every stored array exactly once
+(docs/benchmarks.md measures it against a plain read of the same bytes).
+
 Numerics. Where :math:`\sin \theta_g` is tiny (:math:`\hat t_g \approx \pm \hat k_g`, a
 measure-zero event for Gaussian keys) the slerp weights are replaced by their limits
 :math:`(1-\alpha_g, \alpha_g)` of the linear interpolation, and every normalisation divides
-by a norm clamped away from zero, so outputs are always finite.
+by a norm clamped away from zero, so outputs are always finite. The streamed form reaches
+the same limit without a branch at :math:`\theta_g \to 0` (the ratio
+:math:`u : v \to (1-\alpha_g) : \alpha_g`; :math:`\theta_g` is floored at
+:data:`_THETA_MIN`, which moves the ratio by about :math:`10^{-9}`), and takes the linear
+weights where :math:`c_g = -1` exactly, as the direct form does.
 """
 
 from __future__ import annotations
@@ -84,13 +108,26 @@ from ppfr.errors import InputError
 __all__ = [
     "SlerpFace",
     "SlerpFaceConfig",
+    "SlerpFaceIndex",
     "expected_unrelated_score",
     "group_weights_from_templates",
 ]
 
 _EPS = 1e-12  # floor of every norm we divide by
 _SIN_EPS = 1e-6  # below this sin(theta), slerp falls back to its linear-interpolation limit
-_SCORE_BYTES = 64 * 2**20  # memory bound of one (m, chunk, dim) block in :meth:`scores`
+#: templates per stored block of :class:`SlerpFaceIndex`: large enough that the batched
+#: products run at memory speed (per-call overhead shows below ~1,000 rows)
+_BLOCK = 2048
+#: columns per pass of the element-wise part: its (G, m, _SUB) temporaries stay in L2
+_SUB = 512
+#: floor of theta in the streamed form: u, v > 0 and their ratio exact to ~1e-9
+_THETA_MIN = 1e-4
+#: relative excess of the stored unit key used for the cosine (see ``_finish``): a few
+#: float32 ulps, more than the rounding of a 16-term dot product, so q = +-k lands outside
+#: [-1, 1]; the exact branch divides it out
+_KEY_NUDGE = 2.0**-20
+#: arrays per template in an index block, in this order
+_ARRAYS = ("k_hat", "masked_k_hat", "protected", "mask")
 
 
 @dataclass
@@ -215,8 +252,11 @@ class SlerpFace:
             keys ``(n, dim)`` -> ``(n, G, group_size)`` bool.
         """
         kg = self._groups(keys).abs()
-        # rank of each entry within its group, 0 = smallest |k|; ties broken by position
-        ranks = kg.argsort(dim=-1, stable=True).argsort(dim=-1)
+        # rank of each entry within its group, 0 = smallest |k|; ties broken by position.
+        # One sort, then the inverse permutation by a scatter (cheaper than a second sort)
+        order = kg.argsort(dim=-1, stable=True)
+        positions = torch.arange(self.group_size).expand_as(order)
+        ranks = torch.empty_like(order).scatter_(-1, order, positions)
         return ranks >= self.drop_counts.view(1, -1, 1)
 
     def _slerp(self, t_hat: Tensor, k_hat: Tensor) -> Tensor:
@@ -263,40 +303,287 @@ class SlerpFace:
     def scores(self, queries: Tensor, protected: Tensor, keys: Tensor) -> Tensor:
         """Similarity of every query to every protected template (higher = same person).
 
-        Each query is rotated with each stored key, so the work is O(m * n * dim); it is done
-        in blocks of queries and stored templates so that one block holds at most ~64 MiB.
+        Builds a :class:`SlerpFaceIndex` of the stored side (float32) and streams it; a
+        caller that scores many queries against the same templates should build the index
+        once with :meth:`index` instead.
 
         Shape:
             queries ``(m, dim)``, protected ``(n, dim)``, keys ``(n, dim)`` -> ``(m, n)``.
         """
         q = _check_matrix(queries, self.dim, "queries").detach().cpu()
-        p = _check_matrix(protected, self.dim, "protected templates").detach().cpu()
-        k = _check_matrix(keys, self.dim, "keys").detach().cpu()
+        return self.index(protected, keys).scores(q)
+
+    def index(
+        self, protected: Tensor, keys: Tensor, dtype: torch.dtype = torch.float32
+    ) -> SlerpFaceIndex:
+        """The stored side of matching, precomputed for streaming (:class:`SlerpFaceIndex`).
+
+        Args:
+            protected: protected templates, as :meth:`protect` returned them.
+            keys: their keys, row for row.
+            dtype: storage type of the per-template arrays, ``torch.float32`` or
+                ``torch.float16`` (half the memory; see docs/templates.md for its cost).
+
+        Shape:
+            protected ``(n, dim)``, keys ``(n, dim)``.
+        """
+        return SlerpFaceIndex(self, protected, keys, dtype=dtype)
+
+
+class SlerpFaceIndex:
+    r"""Protected templates and their keys, laid out so that a query streams them once.
+
+    Per stored template and group :math:`g` it keeps four arrays of ``group_size`` values,
+    the unit key :math:`\hat k_g`, the masked unit key :math:`M_g \odot \hat k_g`, the
+    protected template :math:`p_g` and the keep mask :math:`M_g` (0/1), and two scalars,
+    :math:`\hat k_g \cdot p_g` and :math:`\lVert M_g \odot \hat k_g \rVert^2`.
+
+    Scoring one block of templates against queries :math:`\hat q` (unit groups):
+
+    1. two batched matrix products over the group axis read the block once:
+       :math:`\hat q_g` against :math:`[\hat k_g, M_g \hat k_g, p_g]` gives
+       :math:`c_g, \hat q_g \cdot M_g \hat k_g, \hat q_g \cdot p_g`, and
+       :math:`\hat q_g^2` against :math:`M_g` gives :math:`\lVert M_g \hat q_g \rVert^2`;
+    2. per (group, query, template), with :math:`\theta = \arccos c_g` and the slerp
+       weights' ratio :math:`r = \sin(\alpha_g\theta) / \sin((1-\alpha_g)\theta)` (the score
+       is invariant to scaling both weights, and :math:`\sin((1-\alpha_g)\theta) > 0`),
+
+       .. math:: s_g = \frac{\hat q_g \cdot p_g + r\, \hat k_g \cdot p_g}
+                 {\sqrt{\lVert M_g \hat q_g \rVert^2 + r\,(2\, \hat q_g \cdot M_g \hat k_g
+                 + r \lVert M_g \hat k_g \rVert^2)}}
+
+       and :math:`s = \sum_g s_g`; about a dozen element-wise passes over cache-resident
+       ``(G, m, block)`` buffers that are allocated once per call.
+
+    Layout: ``blocks[b]`` is ``(G, group_size, 4 * block)``; columns ``j * block`` to
+    ``(j + 1) * block`` hold array ``j`` (:data:`_ARRAYS` order) of the block's templates,
+    so each product reads contiguous rows and the first three arrays share one call.
+
+    Args:
+        sf: the protection the templates were made with (its weights set alpha_g).
+        protected: protected templates; keys: their keys, row for row.
+        dtype: storage type of the four arrays, ``torch.float32`` or ``torch.float16``
+            (widened to float32 one block at a time while scoring; the scalars stay
+            float32).
+        block: templates per block (default :data:`_BLOCK`).
+
+    Shape:
+        protected ``(n, dim)``, keys ``(n, dim)``; :attr:`blocks`
+        ``(ceil(n / block), G, group_size, 4 * block)`` (the last block zero-padded);
+        :attr:`scalars` ``(ceil(n / block), 2, G, block)`` float32.
+
+    Example:
+        >>> sf = SlerpFace(64)
+        >>> g = torch.Generator().manual_seed(0)
+        >>> t = torch.nn.functional.normalize(torch.randn(5, 64, generator=g), dim=1)
+        >>> k = sf.draw_keys(5, generator=g)
+        >>> idx = sf.index(sf.protect(t, k), k)
+        >>> idx.scores(t).shape
+        torch.Size([5, 5])
+    """
+
+    def __init__(
+        self,
+        sf: SlerpFace,
+        protected: Any,
+        keys: Any,
+        dtype: torch.dtype = torch.float32,
+        block: int | None = None,
+    ) -> None:
+        if dtype not in (torch.float32, torch.float16):
+            raise InputError(f"index dtype must be torch.float32 or torch.float16, got {dtype}")
+        block = _BLOCK if block is None else block
+        if int(block) != block or block < 1:
+            raise InputError(f"block must be a positive integer, got {block!r}")
+        p = _check_matrix(protected, sf.dim, "protected templates").detach().cpu()
+        k = _check_matrix(keys, sf.dim, "keys").detach().cpu()
         if p.shape[0] != k.shape[0]:
             raise InputError(
                 f"need one key per protected template, got {p.shape[0]} templates "
                 f"and {k.shape[0]} keys"
             )
-        m, n = q.shape[0], p.shape[0]
-        out = torch.empty(m, n, dtype=torch.float32)
-        if m == 0 or n == 0:
+        self.sf = sf
+        self.dtype = dtype
+        self.block = int(block)
+        self.n = int(p.shape[0])
+        g, s, c = sf.num_groups, sf.group_size, self.block
+        nb = -(-self.n // c)
+        self.blocks = torch.zeros(nb, g, s, len(_ARRAYS) * c, dtype=dtype)
+        self.scalars = torch.zeros(nb, 2, g, c, dtype=torch.float32)
+        for b in range(nb):
+            lo, hi = b * c, min(self.n, (b + 1) * c)
+            k_hat = sf._unit(sf._groups(k[lo:hi]))  # (rows, G, s)
+            mask = sf._keep_mask(k[lo:hi]).float()
+            masked = k_hat * mask
+            pg = sf._groups(p[lo:hi])
+            nudged = k_hat * (1.0 + _KEY_NUDGE)  # only for the cosine, see _finish
+            for j, arr in enumerate((nudged, masked, pg, mask)):
+                self.blocks[b, :, :, j * c : j * c + hi - lo] = arr.permute(1, 2, 0)
+            self.scalars[b, 0, :, : hi - lo] = (k_hat * pg).sum(-1).T
+            self.scalars[b, 1, :, : hi - lo] = (masked * masked).sum(-1).T
+        # (1 - alpha_g, alpha_g), shaped to broadcast over (2, G, m, columns)
+        self._uv_fractions = torch.stack([1.0 - sf.alphas, sf.alphas]).view(2, g, 1, 1)
+
+    def __len__(self) -> int:
+        return self.n
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the stored arrays and scalars: what one query reads."""
+        return self.blocks.numel() * self.blocks.element_size() + self.scalars.numel() * 4
+
+    def scores(self, queries: Any, rows: slice | None = None) -> Tensor:
+        """SlerpFace scores of every query against the stored templates (or ``rows`` of them).
+
+        Equal, to float32 rounding, to the direct form (rotate the query with each key,
+        mask, renormalise, dot) that the module docstring defines.
+
+        Shape:
+            queries ``(m, dim)`` -> ``(m, n)``, or ``(m, len(rows))`` with ``rows``.
+        """
+        sf = self.sf
+        q = _check_matrix(queries, sf.dim, "queries").detach().cpu()
+        m = q.shape[0]
+        if rows is None:
+            lo, hi = 0, self.n
+        elif isinstance(rows, slice) and rows.step in (None, 1):
+            lo, hi, _ = rows.indices(self.n)
+            hi = max(lo, hi)
+        else:
+            raise InputError(f"rows must be a contiguous slice, got {rows!r}")
+        out = torch.empty(m, hi - lo, dtype=torch.float32)
+        if m == 0 or hi == lo:
             return out
-        q_hat = self._unit(self._groups(q)).unsqueeze(1)  # (m, 1, G, s)
-        # a few temporaries of (mb, nb, dim) floats live at once: block both sides
-        per_pair = 4 * 4 * self.dim
-        mb = max(1, min(m, _SCORE_BYTES // per_pair))
-        nb = max(1, _SCORE_BYTES // (per_pair * mb))
-        for lo in range(0, n, nb):
-            hi = min(n, lo + nb)
-            kc = k[lo:hi]
-            k_hat = self._unit(self._groups(kc)).unsqueeze(0)  # (1, c, G, s)
-            keep = self._keep_mask(kc).unsqueeze(0)
-            pc = self._groups(p[lo:hi]).unsqueeze(0)  # (1, c, G, s)
-            for qlo in range(0, m, mb):
-                rotated = self._slerp(q_hat[qlo : qlo + mb], k_hat)  # (mb, c, G, s)
-                masked = self._unit(rotated * keep)
-                out[qlo : qlo + mb, lo:hi] = (masked * pc).sum(dim=(-1, -2))
+        q_hat = sf._unit(sf._groups(q)).transpose(0, 1).contiguous()  # (G, m, s)
+        q_sq = q_hat * q_hat
+        c = self.block
+        b0, b1 = lo // c, -(-hi // c)
+        if b1 - b0 == 1 and hi - lo < c // 4:
+            # a few rows of one block (verification): score only their columns
+            a, z = lo - b0 * c, hi - b0 * c
+            cols = torch.cat([torch.arange(j * c + a, j * c + z) for j in range(len(_ARRAYS))])
+            blk = self.blocks[b0][..., cols].contiguous()
+            sc = self.scalars[b0][..., a:z].contiguous()
+            work = _Workspace(sf.num_groups, sf.group_size, m, z - a, self.dtype)
+            out[:] = self._block_scores(q_hat, q_sq, blk, sc, work)
+            return out
+        work = _Workspace(sf.num_groups, sf.group_size, m, c, self.dtype)
+        for b in range(b0, b1):
+            a, z = max(lo, b * c) - b * c, min(hi, (b + 1) * c) - b * c  # columns in range
+            res = self._block_scores(q_hat, q_sq, self.blocks[b], self.scalars[b], work)
+            out[:, b * c + a - lo : b * c + z - lo] = res[:, a:z]
         return out
+
+    def _block_scores(
+        self, q_hat: Tensor, q_sq: Tensor, blk: Tensor, sc: Tensor, w: _Workspace
+    ) -> Tensor:
+        """Scores of one block; returns a view of the workspace, valid until the next call.
+
+        Shape:
+            q_hat, q_sq ``(G, m, s)``; blk ``(G, s, 4 c)``; sc ``(2, G, c)`` -> ``(m, c)``.
+        """
+        c = sc.shape[-1]
+        if blk.dtype != torch.float32:  # half storage: widen into a cache-sized buffer
+            w.wide.copy_(blk)
+            blk = w.wide
+        # the two products that read the block: (G, m, s) @ (G, s, 3c) and @ (G, s, c)
+        torch.bmm(q_hat, blk[..., : 3 * c], out=w.dots3)
+        torch.bmm(q_sq, blk[..., 3 * c :], out=w.mq2)
+        # the element-wise part runs over column slices whose temporaries fit in L2: the
+        # block itself has just streamed through the caches and evicted anything larger
+        for x in range(0, c, _SUB):
+            y = min(c, x + _SUB)
+            finite = self._finish(
+                w.dots3[..., x:y],
+                w.dots3[..., c + x : c + y],
+                w.dots3[..., 2 * c + x : 2 * c + y],
+                w.mq2[..., x:y],
+                sc[0, :, x:y].unsqueeze(1),
+                sc[1, :, x:y].unsqueeze(1),
+                w,
+                w.out[:, x:y],
+            )
+            if not finite:  # a degenerate group somewhere in these columns: redo directly
+                w.out[:, x:y] = self._direct(q_hat, blk, c, x, y)
+        return w.out
+
+    def _finish(
+        self,
+        cos: Tensor,
+        qmk: Tensor,
+        qp: Tensor,
+        mq2: Tensor,
+        kp: Tensor,
+        mk2: Tensor,
+        w: _Workspace,
+        out: Tensor,
+    ) -> bool:
+        """Per-group scores from the four products, summed over groups into ``out``.
+
+        Returns False when a group was degenerate (the caller then uses :meth:`_direct`).
+        The stored unit key carries a factor ``1 + _KEY_NUDGE``, so a query group aligned
+        with or opposite to its key (``cos = +-1``, where the slerp weights take their
+        limit) lands outside [-1, 1]: arccos is NaN there and so is the sum, and no pass
+        is spent looking for such groups.
+
+        Shape:
+            cos, qmk, qp, mq2 ``(G, m, x)``; kp, mk2 ``(G, 1, x)``; out ``(m, x)``.
+        """
+        x = cos.shape[-1]
+        theta, uv, r, num = w.theta[..., :x], w.uv[..., :x], w.r[..., :x], w.num[..., :x]
+        torch.arccos(cos, out=theta)
+        torch.mul(theta, self._uv_fractions, out=uv).sin_()  # sin((1 - a) t), sin(a t)
+        torch.div(uv[1], uv[0], out=r)  # r = sin(a theta) / sin((1 - a) theta)
+        torch.addcmul(qp, r, kp, out=num)
+        # denominator^2 = |Mq|^2 + r (2 q.Mk + r |Mk|^2), into theta (free now); a
+        # vanishing one gives inf or NaN, caught below like the degenerate angles
+        torch.mul(r, mk2, out=theta).add_(qmk, alpha=2.0).mul_(r).add_(mq2)
+        num.mul_(theta.rsqrt_())
+        torch.sum(num, dim=0, out=out)
+        return math.isfinite(float(out.sum()))  # NaN and inf propagate through the sum
+
+    def _direct(self, q_hat: Tensor, blk: Tensor, c: int, x: int, y: int) -> Tensor:
+        """Scores of columns ``x:y`` of a block by the direct form (rare, exact fallback).
+
+        Rotates the query with each stored unit key (:meth:`SlerpFace._slerp`, which takes
+        the linear limit where sin(theta) vanishes), masks, renormalises and takes the dot
+        product with the protected template, as the module docstring defines.
+
+        Shape:
+            q_hat ``(G, m, s)``; blk ``(G, s, 4 c)`` float32 -> ``(m, y - x)``.
+        """
+        sf = self.sf
+
+        def cols(j: int) -> Tensor:  # array j of columns x:y as (y - x, G, s)
+            return blk[..., j * c + x : j * c + y].permute(2, 0, 1)
+
+        k_hat = cols(0) / (1.0 + _KEY_NUDGE)
+        mask, protected = cols(3), cols(2)
+        rotated = sf._slerp(q_hat.transpose(0, 1).unsqueeze(1), k_hat.unsqueeze(0))
+        masked = sf._unit(rotated * mask)  # (m, y - x, G, s)
+        return (masked * protected).sum(dim=(-1, -2))
+
+
+class _Workspace:
+    """Buffers reused across the blocks of one :meth:`SlerpFaceIndex.scores` call.
+
+    Allocated once per call, so the block loop allocates nothing (no page faults in the
+    hot path, whatever the allocator does with freed memory).
+
+    Shape:
+        dots3 ``(G, m, 3c)``; mq2 ``(G, m, c)``; theta, r, num ``(G, m, sub)`` and uv
+        ``(2, G, m, sub)`` with ``sub = min(c, _SUB)``;
+        out ``(m, c)``; wide ``(G, s, 4c)`` float32 (half storage only).
+    """
+
+    def __init__(self, g: int, s: int, m: int, c: int, dtype: torch.dtype) -> None:
+        self.dots3 = torch.empty(g, m, 3 * c)
+        self.mq2 = torch.empty(g, m, c)
+        sub = min(c, _SUB)
+        self.theta, self.r, self.num = torch.empty(3, g, m, sub)
+        self.uv = torch.empty(2, g, m, sub)
+        self.out = torch.empty(m, c)
+        self.wide = torch.empty(g, s, len(_ARRAYS) * c) if dtype != torch.float32 else None
 
 
 def group_weights_from_templates(templates: Tensor, labels: Tensor, group_size: int = 16) -> Tensor:

@@ -87,19 +87,42 @@ def test_identify_matches_brute_force_slerpface(store_url, sf, precompute):
         assert [row[0][0] for row in got] == [f"p{i:02d}" for i in range(6)]
 
 
-def test_precomputed_scores_equal_slerpface_scores(sf):
+def test_snapshot_index_scores_equal_direct_form(tmp_path, sf):
+    """The snapshot's streamed index against the direct form, over several blocks."""
+    import ppfr.slerpface as slerp_mod
+
     t = _unit(300, 1)
     keys = sf.draw_keys(300, torch.Generator().manual_seed(2))
     p = sf.protect(t, keys)
-    q = _unit(7, 3)
-    from ppfr.serve.matching import _KeyCache, _slerp_scores
+    with open_store(f"sqlite:///{tmp_path / 'g.db'}") as store:
+        store.enroll_many("g", [f"s{i:03d}" for i in range(300)], p.numpy(), keys.numpy())
+        snap = Matcher(store, sf).snapshot("g")
+        assert snap.slerp is not None and snap.templates is None and snap.keys is None
+        q = torch.cat([_unit(7, 3), torch.nn.functional.normalize(keys[:2], dim=1)])
+        want = torch.stack([sf.scores(qi[None], p, keys)[0] for qi in q])  # one at a time
+        torch.testing.assert_close(snap.slerp.scores(q), want, atol=1e-5, rtol=0)
+        small = slerp_mod.SlerpFaceIndex(sf, p, keys, block=32)  # many blocks + a tail
+        torch.testing.assert_close(small.scores(q), want, atol=1e-5, rtol=0)
 
-    got = _slerp_scores(sf, q, p, _KeyCache.build(sf, p, keys))
-    torch.testing.assert_close(got, sf.scores(q, p, keys), atol=1e-5, rtol=0)
-    # a query equal to a stored key's direction hits the sin(theta) ~ 0 branch
-    edge = torch.nn.functional.normalize(keys[:2], dim=1)
-    got = _slerp_scores(sf, edge, p, _KeyCache.build(sf, p, keys))
-    torch.testing.assert_close(got, sf.scores(edge, p, keys), atol=1e-5, rtol=0)
+
+def test_float16_index_matches_float32(store_url, sf):
+    with open_store(store_url) as store:
+        ids, raw = _enroll_people(store, sf)
+        queries = torch.nn.functional.normalize(ids[:6] + 0.3 * _unit(6, 99), dim=1)
+        full = Matcher(store, sf).identify("g", queries, top_k=3)
+        half_m = Matcher(store, sf, index_dtype=torch.float16)
+        half = half_m.identify("g", queries, top_k=3)
+        assert [r[0][0] for r in half] == [r[0][0] for r in full]
+        np.testing.assert_allclose(
+            [r[0][1] for r in half], [r[0][1] for r in full], atol=5e-3, rtol=0
+        )
+        assert half_m.snapshot("g").slerp.blocks.dtype == torch.float16
+        q = raw["p02"][0]
+        assert half_m.verify("g", q, "p02") == pytest.approx(
+            Matcher(store, sf).verify("g", q, "p02"), abs=5e-3
+        )
+    with pytest.raises(InputError, match="index_dtype"):
+        Matcher(store, sf, index_dtype=torch.float64)
 
 
 def test_verify_and_top_k_bounds(store_url, sf):

@@ -5,33 +5,25 @@ with its rows sorted by subject) and reloads it only when ``store.version(galler
 changes, so a request costs one cheap version query plus the scoring.
 
 **Scoring.** With SlerpFace protection, a query :math:`q` is scored against every stored
-pair (protected template :math:`p_i`, key :math:`k_i`) with
-:meth:`ppfr.slerpface.SlerpFace.scores`, which is vectorised over all templates: a batch
-of :math:`m` queries against :math:`n` templates is one :math:`O(m\,n\,D)` pass. In plain
+pair (protected template :math:`p_i`, key :math:`k_i`) with the SlerpFace score
+(:meth:`ppfr.slerpface.SlerpFace.scores`), vectorised over all templates: a batch of
+:math:`m` queries against :math:`n` templates is one :math:`O(m\,n\,D)` pass. In plain
 mode (``protection=None``) the score is the inner product :math:`q \cdot t_i` (the cosine
 similarity for L2-normalised templates), computed with a FAISS ``IndexFlatIP`` (or, for
 galleries of at least ``ivf_min_size`` templates, an approximate ``IndexIVFFlat``) when
 ``use_faiss``, else one matrix product.
 
-**Key-side work done once.** :meth:`SlerpFace.scores` recomputes, for every call, what
-depends only on the stored keys: the unit key groups :math:`\hat k_g` and the keep masks
-:math:`M_g` (an argsort of every key), which costs more than the scoring itself for one
-query. The matcher computes them once per snapshot and scores with the same formula,
-rearranged so the per-(query, template) work is four small batched matrix products plus a
-few operations per group. With :math:`c_g = \hat q_g \cdot \hat k_g`,
-:math:`\theta_g = \arccos c_g`, :math:`w_k = \sin(\alpha_g\theta_g)/\sin\theta_g`,
-:math:`w_t = \cos(\alpha_g\theta_g) - c_g w_k` (the slerp weights) and the protected group
-:math:`p_g` (zero outside :math:`M_g`):
-
-.. math:: s(q, p) = \sum_g \frac{w_t\, \hat q_g \cdot p_g + w_k\, \hat k_g \cdot p_g}
-          {\sqrt{w_t^2 \lVert M_g \hat q_g\rVert^2 + 2 w_t w_k\, \hat q_g \cdot M_g \hat k_g
-          + w_k^2 \lVert M_g \hat k_g \rVert^2}}
-
-i.e. :math:`\sum_g p_g \cdot \mathrm{unit}(M_g(w_t \hat q_g + w_k \hat k_g))`, exactly what
-``SlerpFace.scores`` computes (the tests check agreement to 1e-5).
-:math:`\hat k_g \cdot p_g` and :math:`\lVert M_g \hat k_g\rVert^2` are cached per template;
-the four dot products per group are batched matrix products over the group axis.
-``Matcher(..., precompute=False)`` calls ``SlerpFace.scores`` directly instead.
+**Stored side precomputed once.** In SlerpFace mode the snapshot holds a
+:class:`ppfr.slerpface.SlerpFaceIndex` of its rows: per template and group the unit key,
+the masked unit key, the protected template and the keep mask, plus two per-group
+scalars, laid out in blocks so that a query reads each stored array exactly once (two
+batched matrix products per block, then a few element-wise operations per group while the
+block's results are still in cache). The derivation is in the :mod:`ppfr.slerpface`
+docstring; the figures (identify time against the time to read those arrays once) are in
+docs/benchmarks.md. ``index_dtype=torch.float16`` halves the snapshot's memory at a small
+accuracy cost (docs/templates.md). ``Matcher(..., precompute=False)`` keeps the raw keys
+and calls ``SlerpFace.scores`` for every request instead (it rebuilds the stored side
+each time: a reference, not a serving mode).
 
 **Per-subject best.** A subject may have several templates; its score is the best one.
 Rows are sorted by subject, so the per-subject maximum is ``np.maximum.reduceat`` over
@@ -56,90 +48,12 @@ from ppfr.errors import InputError, UnknownNameError
 from ppfr.serve.store import GalleryMatrix, GalleryStore
 
 if TYPE_CHECKING:  # pragma: no cover - import only for annotations
-    from ppfr.slerpface import SlerpFace
+    from ppfr.slerpface import SlerpFace, SlerpFaceIndex
 
 __all__ = ["Matcher"]
 
 #: bound on the (queries x templates) score block held at once: 2**25 floats = 128 MiB
 _SCORE_BLOCK = 1 << 25
-#: (groups x queries x templates) elements per scoring step: temporaries stay cache-sized
-_PAIR_BLOCK = 1 << 18
-#: rows per step when precomputing key-side quantities (argsort needs 8 bytes per value)
-_PREP_ROWS = 1 << 15
-_EPS = 1e-12  # norm floor, as in ppfr.slerpface
-_SIN_EPS = 1e-6  # below this sin(theta), slerp weights take their linear limit
-
-
-@dataclass
-class _KeyCache:
-    """Key-side quantities of SlerpFace scoring, computed once per snapshot.
-
-    Shape:
-        k_hat: (n, G, s) unit key groups.
-        keep: (n, G, s) bool keep masks M_g.
-        kp: (n, G) k_hat_g . p_g.
-        mk2: (n, G) |M_g k_hat_g|^2.
-    """
-
-    k_hat: Tensor
-    keep: Tensor
-    kp: Tensor
-    mk2: Tensor
-
-    @classmethod
-    def build(cls, sf: SlerpFace, protected: Tensor, keys: Tensor) -> _KeyCache:
-        n, g, s = keys.shape[0], sf.num_groups, sf.group_size
-        k_hat = torch.empty(n, g, s)
-        keep = torch.empty(n, g, s, dtype=torch.bool)
-        kp = torch.empty(n, g)
-        mk2 = torch.empty(n, g)
-        for lo in range(0, n, _PREP_ROWS):
-            hi = min(n, lo + _PREP_ROWS)
-            k = keys[lo:hi].reshape(hi - lo, g, s)
-            kh = k / k.norm(dim=-1, keepdim=True).clamp_min(_EPS)
-            mask = sf._keep_mask(keys[lo:hi])
-            k_hat[lo:hi] = kh
-            keep[lo:hi] = mask
-            kp[lo:hi] = (kh * protected[lo:hi].reshape(hi - lo, g, s)).sum(-1)
-            mk2[lo:hi] = (kh * kh * mask).sum(-1)
-        return cls(k_hat, keep, kp, mk2)
-
-    def __getitem__(self, rows: slice) -> _KeyCache:
-        return _KeyCache(self.k_hat[rows], self.keep[rows], self.kp[rows], self.mk2[rows])
-
-
-def _slerp_scores(sf: SlerpFace, q: Tensor, protected: Tensor, cache: _KeyCache) -> Tensor:
-    """SlerpFace scores of queries against stored rows, using the key cache.
-
-    Shape:
-        q: (m, D); protected: (n, D) -> (m, n).
-    """
-    m, n, g, s = q.shape[0], protected.shape[0], sf.num_groups, sf.group_size
-    qg = q.reshape(m, g, s)
-    qg = qg / qg.norm(dim=-1, keepdim=True).clamp_min(_EPS)
-    qt = qg.transpose(0, 1).contiguous()  # (G, m, s)
-    q2 = qt * qt
-    a = sf.alphas.view(g, 1, 1)
-    out = torch.empty(m, n)
-    chunk = max(64, _PAIR_BLOCK // (g * m))
-    for lo in range(0, n, chunk):
-        hi = min(n, lo + chunk)
-        kh = cache.k_hat[lo:hi]
-        keep = cache.keep[lo:hi].float()
-        # (G, m, c) per-group dot products, each a batched matmul over the group axis
-        cos = torch.bmm(qt, kh.permute(1, 2, 0)).clamp_(-1.0, 1.0)
-        qmk = torch.bmm(qt, (kh * keep).permute(1, 2, 0))
-        qp = torch.bmm(qt, protected[lo:hi].reshape(hi - lo, g, s).permute(1, 2, 0))
-        mq2 = torch.bmm(q2, keep.permute(1, 2, 0))
-        theta = torch.arccos(cos)
-        sin = (1.0 - cos * cos).clamp_min_(0.0).sqrt_()
-        small = sin < _SIN_EPS
-        wk = torch.where(small, a.expand_as(sin), torch.sin(a * theta) / sin.clamp_min(_SIN_EPS))
-        wt = torch.where(small, (1.0 - a).expand_as(sin), torch.cos(a * theta) - cos * wk)
-        num = wt * qp + wk * cache.kp[lo:hi].T.unsqueeze(1)
-        den2 = wt * wt * mq2 + 2.0 * wt * wk * qmk + wk * wk * cache.mk2[lo:hi].T.unsqueeze(1)
-        out[:, lo:hi] = (num / den2.clamp_min_(0.0).sqrt_().clamp_min_(_EPS)).sum(0)
-    return out
 
 
 @dataclass
@@ -150,15 +64,17 @@ class _Snapshot:
     names: np.ndarray  # (S,) object: subject names, sorted
     starts: np.ndarray  # (S,) int64: first row of each subject
     ends: np.ndarray  # (S,) int64: one past its last row
-    templates: Tensor  # (n, D) float32
-    keys: Tensor | None  # (n, D) float32 (None once a key cache replaces them)
-    key_cache: _KeyCache | None = None
+    n: int  # rows
+    dim: int  # template dimension (0 for an empty gallery)
+    templates: Tensor | None  # (n, D) float32; None once a SlerpFace index holds them
+    keys: Tensor | None  # (n, D) float32; None in plain mode or once indexed
+    slerp: SlerpFaceIndex | None = None  # the stored side, precomputed (SlerpFace mode)
     index: Any = None  # a FAISS index over ``templates`` (plain mode, use_faiss)
     max_per_subject: int = 0
 
     @property
     def size(self) -> int:
-        return int(self.templates.shape[0])
+        return self.n
 
 
 class Matcher:
@@ -172,9 +88,12 @@ class Matcher:
         ivf_min_size: in plain mode with FAISS, use an approximate IVF index for galleries
             of at least this many templates (None: always exact ``IndexFlatIP``).
         nprobe: IVF lists visited per query (more = slower, closer to exact).
-        precompute: in SlerpFace mode, compute the key-side quantities once per snapshot
-            (fast; the snapshot holds unit keys + masks instead of keys, ~4.9 KB per 512-d
-            template) instead of calling ``SlerpFace.scores`` for every request.
+        precompute: in SlerpFace mode, build a :class:`ppfr.slerpface.SlerpFaceIndex` once
+            per snapshot (the default; 8.2 KB per 512-d template in float32, 4.2 KB in
+            float16) instead of calling ``SlerpFace.scores`` for every request.
+        index_dtype: storage type of that index, ``torch.float32`` (exact to float32
+            rounding) or ``torch.float16`` (half the memory; docs/templates.md gives its
+            accuracy cost).
 
     Thread-safe: snapshots are immutable, and refreshing one is done under a lock.
     """
@@ -188,6 +107,7 @@ class Matcher:
         ivf_min_size: int | None = None,
         nprobe: int = 32,
         precompute: bool = True,
+        index_dtype: torch.dtype = torch.float32,
     ) -> None:
         if use_faiss and protection is not None:
             raise InputError(
@@ -198,7 +118,12 @@ class Matcher:
         self.use_faiss = use_faiss
         self.ivf_min_size = ivf_min_size
         self.nprobe = nprobe
+        if index_dtype not in (torch.float32, torch.float16):
+            raise InputError(
+                f"index_dtype must be torch.float32 or torch.float16, got {index_dtype!r}"
+            )
         self.precompute = precompute
+        self.index_dtype = index_dtype
         self._cache: dict[str, _Snapshot] = {}
         self._lock = threading.Lock()
 
@@ -300,13 +225,16 @@ class Matcher:
             names=subjects[first],
             starts=first.astype(np.int64),
             ends=ends,
+            n=n,
+            dim=int(m.templates.shape[1]) if n else 0,
             templates=templates,
             keys=keys,
             max_per_subject=int((ends - first).max()) if n else 0,
         )
         if self.protection is not None and self.precompute and keys is not None:
-            snap.key_cache = _KeyCache.build(self.protection, templates, keys)
-            snap.keys = None  # the cache holds what scoring needs; free the raw keys
+            snap.slerp = self.protection.index(templates, keys, dtype=self.index_dtype)
+            # the index holds everything scoring needs: free the raw rows
+            snap.templates = snap.keys = None
         if self.use_faiss and n:
             snap.index = self._faiss_index(templates.numpy())
         return snap
@@ -351,12 +279,14 @@ class Matcher:
 
     def _scores(self, q: Tensor, snap: _Snapshot, rows: slice) -> Tensor:
         """(m, n) scores of queries against the snapshot's ``rows``."""
-        templates = snap.templates[rows]
         with torch.no_grad():
+            if snap.slerp is not None:
+                return snap.slerp.scores(q, rows)
+            assert snap.templates is not None  # only an index replaces them
+            templates = snap.templates[rows]
             if self.protection is None:
                 return q @ templates.T
-            if snap.key_cache is not None:
-                return _slerp_scores(self.protection, q, templates, snap.key_cache[rows])
+            assert snap.keys is not None
             return self.protection.scores(q, templates, snap.keys[rows])
 
     @staticmethod
@@ -366,7 +296,7 @@ class Matcher:
             q = q[None]
         if q.ndim != 2 or q.shape[0] == 0:
             raise InputError(f"queries must have shape (m, dim), got {tuple(q.shape)}")
-        dim = int(snap.templates.shape[1])
+        dim = snap.dim
         if snap.size and q.shape[1] != dim:
             raise InputError(
                 f"gallery {gallery!r} holds {dim}-d templates; the queries are {q.shape[1]}-d"
