@@ -48,6 +48,11 @@ Our choices, where the paper and its public code leave them open or differ:
   (:math:`\mu_i = \Delta_i m_i`, ``mu`` stores :math:`m`): in raw units the channels'
   gradients differ by the ratio of their ranges (up to 10^5) and one learning rate cannot
   suit them all.
+- **The total is exact.** The split and the noise scales :math:`b_i` are computed in
+  float64 and the budgets renormalised to :math:`\bar\epsilon N`, so the stated total holds
+  to float64 precision whatever summation order the CPU's kernels pick (in float32 it moved
+  by 1e-3 between machines); :math:`b_i` is cast to the coefficients' dtype only when the
+  noise is drawn.
 - **Scale.** The recognizer reads :math:`p_i / \Delta_i`: each channel divided by its
   sensitivity, so that at an even split the noise is :math:`\mathrm{Laplace}(1/\bar\epsilon)`
   in every channel and the signal spans about one unit (raw coefficients span 0.03 to 400
@@ -151,28 +156,36 @@ class DCTDPClient(nn.Module):
         """Faces -> the 189 non-DC channels (B, 189, 112, 112)."""
         return freq.encode(x).index_select(1, self.kept)
 
-    def _logits(self) -> Tensor:
-        return self.rho.clamp(-self.bound, self.bound).flatten()
-
     def budgets(self) -> Tensor:
-        """eps_i = softmax(rho)_i * eps_mean * N, (189, 112, 112); sums to eps_mean * N."""
-        w = torch.softmax(self._logits(), 0).view_as(self.rho)
-        return w * (self.eps_mean * NUM_ELEMENTS)
+        """eps_i = softmax(rho)_i * eps_mean * N, (189, 112, 112) float64.
 
-    def noise_scale(self) -> Tensor:
-        """b_i = sensitivity_i / eps_i, (189, 112, 112), computed in the log domain."""
-        log_share = torch.log_softmax(self._logits(), 0).view_as(self.rho)
-        log_b = (
-            self.sensitivity.log()[:, None, None]
-            - log_share
-            - math.log(self.eps_mean * NUM_ELEMENTS)
-        )
-        return log_b.exp()
+        The total eps_mean * N is the privacy guarantee, so it holds by construction, not
+        to a tolerance: the split is computed in float64 and renormalised to the total. In
+        float32 the softmax's normaliser is a sum of 2.4M terms whose rounding depends on the
+        summation order PyTorch's kernels pick for the CPU (measured: totals off by 1e-3 on
+        one AVX2 machine); in float64 the sum is the total to ~1e-15 relative on any kernels.
+        """
+        with torch.autocast(self.rho.device.type, enabled=False):
+            logits = self.rho.double().clamp(-self.bound, self.bound).flatten()
+            share = torch.softmax(logits, 0)
+            total = self.eps_mean * NUM_ELEMENTS
+            eps = share * (total / share.sum())
+        return eps.view_as(self.rho)
+
+    def noise_scale(self, dtype: torch.dtype | None = None) -> Tensor:
+        """b_i = sensitivity_i / eps_i, (189, 112, 112), in ``dtype`` (default: rho's).
+
+        Computed from the float64 budgets and cast only at the end, so the noise follows
+        the budgets whose total is guaranteed. Finite: rho's clamp keeps every eps_i above
+        eps_mean * e^-20 (no float64 underflow) and b_i below float32's range.
+        """
+        b = self.sensitivity.double()[:, None, None] / self.budgets()
+        return b.to(dtype or self.rho.dtype)
 
     def protect(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         c = self.coefficients(x)
         noise = laplace(tuple(c.shape), generator, c)
-        return c + self.offset() + self.noise_scale() * noise
+        return c + self.offset() + self.noise_scale(c.dtype) * noise
 
     def offset(self) -> Tensor:
         """The learned noise offset in coefficient units: mu_i * sensitivity_i."""
@@ -271,7 +284,8 @@ class DCTDP(Method):
         return F.normalize(server["recognizer"](server["input"](p)))
 
     def budgets(self) -> Tensor:
-        """The learned per-element budgets eps_i, (189, 112, 112)."""
+        """The learned per-element budgets eps_i, (189, 112, 112) float64; they sum to
+        ``eps_mean * N`` to float64 precision on any machine."""
         return self._part("client").budgets()
 
     def noise_scale(self) -> Tensor:
