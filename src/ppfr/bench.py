@@ -162,6 +162,11 @@ def _run(
 ) -> dict[str, Any]:
     attack = dict(demo.DEMO_ATTACK) if attack is None else dict(attack)
     split_seeds = [seed + k for k in range(int(splits))]
+    recognizer_note = (
+        "the split's arcface model"
+        if "arcface" in methods
+        else "an arcface trained on the attacker's faces for each method"
+    )
     per_split: list[dict[str, Any]] = []
     configs: dict[str, dict[str, Any]] = {}
     for k, s in enumerate(split_seeds):
@@ -241,6 +246,10 @@ def _run(
             "folds": 10,
             "timing_batch": TIMING_BATCH,
             "attack": attack or None,
+            "linkage": {**demo.DEMO_LINKAGE, "recognizer": recognizer_note} if attack else None,
+            "identity_recovery": {**demo.DEMO_IDENTITY, "recognizer": recognizer_note}
+            if attack
+            else None,
             "std": "population (numpy ddof=0) over splits",
             "presets": configs,
             "device": per_split[0]["methods"][methods[0]]["device"],

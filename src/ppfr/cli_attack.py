@@ -1,12 +1,19 @@
 """``ppfr attack``: run a privacy attack on a trained model (mounted by ``ppfr.cli``).
 
     ppfr attack --model DIR --attack recovery [--json OUT] [--grid OUT.png]
+    ppfr attack --model DIR --attack linkage [--recognizer BUNDLE_OR_ONNX]
+    ppfr attack --model DIR --attack identity-recovery [--recognizer BUNDLE]
 
 The victims are held-out identities and the attacker's own faces are the other identities
 of the same data, so the two never share a person. By default the data are the bundled ORL
 faces split as ``ppfr demo`` splits them (``--test-identities 10 --split-seed 0``); with
 ``--data FOLDER`` (one sub-folder per identity, aligned faces) the victims are
 ``--test-identities`` identities drawn with ``--split-seed``.
+
+The identity attacks (``linkage``, ``identity-recovery``) use the attacker's own face
+recognizer: ``--recognizer`` names a ppfr bundle (an unprotected ArcFace, for instance
+``demo-out/runs/arcface/model``) or an ``.onnx`` file (linkage only); without it the attack
+trains an unprotected ArcFace on the attacker's faces first (docs/privacy.md).
 """
 
 from __future__ import annotations
@@ -22,13 +29,16 @@ import typer
 from ppfr._cli import console, friendly
 from ppfr.errors import InputError
 
-ATTACK_HELP = "Attack: viewing, recovery or adaptive (see `ppfr.attacks.list_attacks()`)."
+ATTACK_HELP = (
+    "Attack: viewing, recovery, adaptive, linkage or identity-recovery "
+    "(see `ppfr.attacks.list_attacks()`)."
+)
 
 
 def attack_data(
     data: str, test_identities: int, split_seed: int
-) -> tuple[torch.Tensor, np.ndarray, torch.Tensor]:
-    """(victim faces, victim labels, attacker's faces) with disjoint identities."""
+) -> tuple[torch.Tensor, np.ndarray, torch.Tensor, np.ndarray]:
+    """(victim faces, victim labels, attacker's faces, attacker's labels), disjoint identities."""
     if data.lower() in ("orl", "orl-padded"):
         from ppfr.data.orl import load_orl, split_identities
 
@@ -38,7 +48,7 @@ def attack_data(
             raise InputError(f"--test-identities: {e}") from None
         aligned = data.lower() == "orl"
         victims, aux = load_orl(victim_ids, aligned=aligned), load_orl(aux_ids, aligned=aligned)
-        return victims.stack(), np.asarray(victims.labels), aux.stack()
+        return victims.stack(), np.asarray(victims.labels), aux.stack(), np.asarray(aux.labels)
     from ppfr.data.base import FaceDataset
     from ppfr.data.open import open_source
 
@@ -53,7 +63,7 @@ def attack_data(
     victim_ids = ids[order[:test_identities].numpy()]
     is_victim = np.isin(labels, victim_ids)
     victims, aux = np.flatnonzero(is_victim), np.flatnonzero(~is_victim)
-    return ds.stack(victims.tolist()), labels[victims], ds.stack(aux.tolist())
+    return ds.stack(victims.tolist()), labels[victims], ds.stack(aux.tolist()), labels[aux]
 
 
 @friendly
@@ -69,10 +79,30 @@ def attack_cmd(
     split_seed: Annotated[int, typer.Option(help="Seed of the victim/attacker split.")] = 0,
     width: Annotated[int, typer.Option(help="Inverter U-Net width (64: full size).")] = 64,
     epochs: Annotated[int, typer.Option(help="Inverter training epochs.")] = 30,
-    views: Annotated[int, typer.Option(help="adaptive: protections per face.")] = 8,
+    views: Annotated[
+        int | None,
+        typer.Option(help="Protections per face: adaptive (default 8), linkage (default 1)."),
+    ] = None,
+    recognizer: Annotated[
+        str | None,
+        typer.Option(
+            help="linkage / identity-recovery: the attacker's recognizer, a ppfr bundle "
+            "directory or an .onnx file (default: train an ArcFace on the attacker's faces)."
+        ),
+    ] = None,
+    recognizer_range: Annotated[
+        str, typer.Option(help="Pixel range an .onnx recognizer expects, 'low,high'.")
+    ] = "0,255",
+    student_width: Annotated[
+        float, typer.Option(help="linkage: IR width of a student not started from the recognizer.")
+    ] = 0.25,
+    identity_weight: Annotated[
+        float, typer.Option(help="identity-recovery: weight of the identity term.")
+    ] = 0.5,
     seed: Annotated[int, typer.Option(help="Attack randomness and pairs.")] = 0,
 ) -> None:
-    """Attack a model's protection and score it: SSIM, PSNR, judge leakage, rank-1."""
+    """Attack a model's protection and score it: SSIM, PSNR, judge leakage, rank-1 (linkage:
+    AUC, verification accuracy, TAR, rank-1 against photos)."""
     import ppfr
     from ppfr.attacks import create_attack, list_attacks
 
@@ -80,34 +110,72 @@ def attack_cmd(
     if name not in list_attacks():
         raise InputError(f"--attack: unknown attack {attack!r}; known: {', '.join(list_attacks())}")
     config: dict[str, Any] = {}
-    if name != "viewing":
+    if name in ("recovery", "adaptive", "identity-recovery"):
         config = {"width": width, "epochs": epochs}
-        if name == "adaptive":
-            config["views"] = views
+    if name == "adaptive":
+        config["views"] = 8 if views is None else views
+    if name == "identity-recovery":
+        config.update(recognizer=recognizer, identity_weight=identity_weight)
+    if name == "linkage":
+        config = {
+            "recognizer": recognizer,
+            "width": student_width,
+            "epochs": epochs,
+            "views": 1 if views is None else views,
+            "onnx_range": _range(recognizer_range),
+        }
+    if recognizer is not None and "recognizer" not in config:
+        raise InputError(
+            f"--recognizer is for the linkage and identity-recovery attacks, not {name}"
+        )
     method = ppfr.load(model, part="client")
-    victims, labels, aux = attack_data(data, test_identities, split_seed)
+    victims, labels, aux, aux_labels = attack_data(data, test_identities, split_seed)
     console.print(
         f"{name} attack on {method.name}: {len(victims)} victim faces "
         f"({len(np.unique(labels))} people), attacker's faces: {len(aux)}"
     )
     runner = create_attack(name, **config)
-    report = runner.run(method, victims, labels, aux=aux, seed=seed)
+    report = runner.run(method, victims, labels, aux=aux, aux_labels=aux_labels, seed=seed)
     report["model"] = str(model)
-    console.print(
-        f"SSIM {report['ssim']:.3f}  PSNR {report['psnr']:.2f} dB  "
-        f"leakage {100 * report['leakage']:.1f} %  rank-1 {100 * report['rank1']:.1f} %"
-    )
+    if name == "linkage":
+        tars = "  ".join(
+            f"TAR@FAR={far} " + ("n/a" if t is None else f"{100 * t:.1f} %")
+            for far, t in report["tar_at_far"].items()
+        )
+        console.print(
+            f"AUC {report['auc']:.3f}  accuracy {100 * report['accuracy']:.1f} %  "
+            f"rank-1 {100 * report['rank1']:.1f} % (chance {100 * report['chance_rank1']:.0f} %)"
+            f"  {tars}\nrecognizer photo-vs-photo: AUC {report['recognizer_auc']:.3f}, "
+            f"rank-1 {100 * report['recognizer_rank1']:.1f} %"
+        )
+    else:
+        console.print(
+            f"SSIM {report['ssim']:.3f}  PSNR {report['psnr']:.2f} dB  "
+            f"leakage {100 * report['leakage']:.1f} %  rank-1 {100 * report['rank1']:.1f} %"
+        )
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(report, indent=2) + "\n")
         console.print(f"scores: {json_out}")
-    if grid is not None:
+    if grid is not None and name == "linkage":
+        console.print("--grid: the linkage attack makes embeddings, not images; no grid")
+    elif grid is not None:
         from ppfr.report import attack_images, save_grid
 
         pick = _one_per_person(labels, 8)
         images = attack_images(runner, method, victims[pick], seed=seed)
         save_grid(grid, [(victims[pick] + 1) / 2, images], ["original", name])
         console.print(f"images: {grid}")
+
+
+def _range(text: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise InputError(f"--recognizer-range: expected 'low,high', got {text!r}") from None
+    if not hi > lo:
+        raise InputError(f"--recognizer-range: low must be below high, got {text!r}")
+    return lo, hi
 
 
 def _one_per_person(labels: np.ndarray, k: int) -> list[int]:

@@ -290,12 +290,19 @@ def train_recognizer(
     *,
     seed: int = 0,
     epochs: int = DEFAULT_RECOGNIZER_EPOCHS,
+    model: dict[str, Any] | None = None,
     progress: bool = False,
 ) -> nn.Module:
     """Train the attacker's unprotected ArcFace on its own faces; returns the ppfr model.
 
-    The demo's ArcFace preset (:data:`DEFAULT_RECOGNIZER`, SGD lr 0.05 divided by 10 at
-    75% of the epochs, batch 16), run by :class:`ppfr.train.Trainer` in a temporary folder.
+    The demo's ArcFace preset (``model`` settings :data:`DEFAULT_RECOGNIZER`, SGD lr 0.05
+    divided by 10 at 75% of the epochs, batch 16), run by :class:`ppfr.train.Trainer` in a
+    temporary folder.
+
+    Example:
+        >>> net = train_recognizer(faces, labels, epochs=2)   # doctest: +SKIP
+        >>> net.embed(net.protect(faces)).shape                # doctest: +SKIP
+        torch.Size([60, 512])
     """
     from ppfr.data.base import TensorFaces
     from ppfr.train import TrainConfig, Trainer
@@ -315,7 +322,7 @@ def train_recognizer(
                 "method": "arcface",
                 "out": tmp,
                 "seed": int(seed),
-                "model": DEFAULT_RECOGNIZER,
+                "model": dict(DEFAULT_RECOGNIZER if model is None else model),
                 "optim": {"batch_size": 16, "lr": 0.05, "weight_decay": 5e-4},
                 "stages": {
                     "recognizer": {
