@@ -11,6 +11,10 @@ Run:  python benchmarks/bench_slerpface.py --out /tmp/bench-slerpface
    the thresholds calibrated in (a); (c) unlinkability D_sys (Gomez-Barrero et al. 2018) of
    two databases protecting the same faces under independent keys; (d) template inversion:
    a decoder trained on the training identities, against held-out raw / protected templates.
+3. ``--storage``: the serving index (``SlerpFaceIndex``) in float32 and in float16 storage,
+   on the held-out identities: verification as in (a) and closed-set rank-1 (every face
+   queried against all the others, best template per person), over ``--rounds`` key draws;
+   with ``--storage-only`` nothing else runs.
 Results go to ``OUT/results.json`` and are printed as markdown.
 """
 
@@ -33,7 +37,12 @@ from ppfr.demo import TEST_IDENTITIES, train_preset
 from ppfr.eval.templates import unlinkability
 from ppfr.eval.verification import make_open_set_pairs, threshold_at_far, verification_protocol
 from ppfr.judge import best_threshold, get_judge
-from ppfr.slerpface import SlerpFace, SlerpFaceConfig, group_weights_from_templates
+from ppfr.slerpface import (
+    SlerpFace,
+    SlerpFaceConfig,
+    SlerpFaceIndex,
+    group_weights_from_templates,
+)
 
 torch.set_num_threads(1)
 FAR = 1e-2
@@ -133,6 +142,38 @@ def linkage(sf: SlerpFace, t: torch.Tensor, labels, gen) -> dict:
     return {name: unlinkability(s[mated], s[~mated]).d_sys for name, s in comparators.items()}
 
 
+def rank1(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Closed-set rank-1: each face against every other, best score per person.
+
+    ``scores[q, e]`` = query q against enrolled e; a face never matches itself.
+    """
+    s = scores.astype(np.float64).copy()
+    np.fill_diagonal(s, -np.inf)
+    people = np.unique(labels)
+    best = np.stack([s[:, labels == p].max(axis=1) for p in people], axis=1)
+    return float(np.mean(people[best.argmax(axis=1)] == labels))
+
+
+def storage(sf: SlerpFace, t: torch.Tensor, labels: np.ndarray, args) -> dict:
+    """Verification and rank-1 through the serving index, float32 vs float16 storage."""
+    gen = torch.Generator().manual_seed(args.seed + 3)
+    out: dict = {"float32": [], "float16": []}
+    for _ in range(args.rounds):
+        keys = sf.draw_keys(len(t), gen)
+        p = sf.protect(t, keys)
+        for name, dtype in (("float32", torch.float32), ("float16", torch.float16)):
+            s = SlerpFaceIndex(sf, p, keys, dtype=dtype).scores(t).numpy()
+            v = verification(s, labels, args.seed)
+            out[name].append(
+                {
+                    "accuracy": v["accuracy"],
+                    "tar_at_far": v["tar_at_far"],
+                    "rank1": rank1(s, labels),
+                }
+            )
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="/tmp/bench-slerpface")
@@ -141,7 +182,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5, help="independent key draws for (a)-(c)")
     ap.add_argument("--epochs", type=int, default=20, help="template decoder epochs")
     ap.add_argument("--width", type=int, default=16, help="template decoder width")
+    ap.add_argument("--storage", action="store_true", help="float32 vs float16 index (3.)")
+    ap.add_argument("--storage-only", action="store_true", help="run only 3.")
     args = ap.parse_args()
+    ppfr.tune_allocator()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
@@ -157,6 +201,42 @@ def main() -> None:
     dim = t_test.shape[1]
     print(f"# SlerpFace on ORL ({machine()}, 1 thread)\n")
     print(f"model: {origin}; templates {dim}-d; held-out identities {test_ids}\n")
+
+    if args.storage or args.storage_only:
+        sf0 = SlerpFace(dim)
+        st = storage(sf0, t_test, labels, args)
+        raw_s = (unit(t_test) @ unit(t_test).T).numpy()
+        raw_v = verification(raw_s, labels, args.seed)
+        print(
+            f"## index storage: float32 vs float16 (default setting, held-out identities, "
+            f"mean ± std over {args.rounds} key draws)\n"
+        )
+        print(f"| templates | verification accuracy (%) | TAR@FAR={FAR:g} (%) | rank-1 (%) |")
+        print("|---|---|---|---|")
+        print(
+            f"| raw templates (cosine) | {100 * raw_v['accuracy']:.2f} "
+            f"| {100 * raw_v['tar_at_far']:.1f} | {100 * rank1(raw_s, labels):.1f} |"
+        )
+        for name, runs in st.items():
+            acc = 100 * np.array([r["accuracy"] for r in runs])
+            tar = 100 * np.array([r["tar_at_far"] for r in runs], dtype=float)
+            r1 = 100 * np.array([r["rank1"] for r in runs])
+            print(
+                f"| SlerpFace, {name} index | {acc.mean():.2f} ± {acc.std():.2f} "
+                f"| {tar.mean():.1f} ± {tar.std():.1f} | {r1.mean():.1f} ± {r1.std():.1f} |"
+            )
+        diff = {
+            k: float(np.mean([100 * (h[k] - f[k]) for f, h in zip(*st.values(), strict=True)]))
+            for k in ("accuracy", "rank1")
+        }
+        print(
+            f"\nfloat16 - float32, same keys (points): verification {diff['accuracy']:+.2f}, "
+            f"rank-1 {diff['rank1']:+.2f}\n"
+        )
+        if args.storage_only:
+            out_json = {"machine": machine(), "model": origin, "storage": st, "diff": diff}
+            (out / "storage.json").write_text(json.dumps(out_json, indent=2))
+            return
 
     learned = group_weights_from_templates(t_train, torch.as_tensor(train_set.labels), 16)
     settings = {

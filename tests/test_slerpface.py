@@ -220,6 +220,9 @@ def test_index_float16_close_and_small():
     top_full = a.topk(10, dim=1).indices
     top_half = b.topk(10, dim=1).indices
     assert (top_full[:, 0] == top_half[:, 0]).float().mean() >= 0.8
+    # degenerate queries (aligned with / opposite to a key, zero) stay finite
+    edge = torch.stack([k[0], -k[1], torch.zeros(DIM)])
+    assert torch.isfinite(half.scores(edge)).all()
     with pytest.raises(InputError, match="dtype"):
         SlerpFaceIndex(sf, p, k, dtype=torch.float64)
     with pytest.raises(InputError, match="block"):

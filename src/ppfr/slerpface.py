@@ -483,12 +483,17 @@ class SlerpFaceIndex:
             q_hat, q_sq ``(G, m, s)``; blk ``(G, s, 4 c)``; sc ``(2, G, c)`` -> ``(m, c)``.
         """
         c = sc.shape[-1]
-        if blk.dtype != torch.float32:  # half storage: widen into a cache-sized buffer
-            w.wide.copy_(blk)
-            blk = w.wide
-        # the two products that read the block: (G, m, s) @ (G, s, 3c) and @ (G, s, c)
-        torch.bmm(q_hat, blk[..., : 3 * c], out=w.dots3)
-        torch.bmm(q_sq, blk[..., 3 * c :], out=w.mq2)
+        if blk.dtype == torch.float32:
+            # the two products that read the block: (G, m, s) @ (G, s, 3c) and @ (G, s, c)
+            torch.bmm(q_hat, blk[..., : 3 * c], out=w.dots3)
+            torch.bmm(q_sq, blk[..., 3 * c :], out=w.mq2)
+        else:
+            # half storage: widen one group's slab at a time into a buffer that stays in
+            # L2, so the widened copy never travels to memory and back
+            for g in range(blk.shape[0]):
+                w.wide.copy_(blk[g])
+                torch.mm(q_hat[g], w.wide[:, : 3 * c], out=w.dots3[g])
+                torch.mm(q_sq[g], w.wide[:, 3 * c :], out=w.mq2[g])
         # the element-wise part runs over column slices whose temporaries fit in L2: the
         # block itself has just streamed through the caches and evicted anything larger
         for x in range(0, c, _SUB):
@@ -550,12 +555,12 @@ class SlerpFaceIndex:
         product with the protected template, as the module docstring defines.
 
         Shape:
-            q_hat ``(G, m, s)``; blk ``(G, s, 4 c)`` float32 -> ``(m, y - x)``.
+            q_hat ``(G, m, s)``; blk ``(G, s, 4 c)``, either storage type -> ``(m, y - x)``.
         """
         sf = self.sf
 
         def cols(j: int) -> Tensor:  # array j of columns x:y as (y - x, G, s)
-            return blk[..., j * c + x : j * c + y].permute(2, 0, 1)
+            return blk[..., j * c + x : j * c + y].permute(2, 0, 1).float()
 
         k_hat = cols(0) / (1.0 + _KEY_NUDGE)
         mask, protected = cols(3), cols(2)
@@ -573,7 +578,7 @@ class _Workspace:
     Shape:
         dots3 ``(G, m, 3c)``; mq2 ``(G, m, c)``; theta, r, num ``(G, m, sub)`` and uv
         ``(2, G, m, sub)`` with ``sub = min(c, _SUB)``;
-        out ``(m, c)``; wide ``(G, s, 4c)`` float32 (half storage only).
+        out ``(m, c)``; wide ``(s, 4c)`` float32 (half storage only: one group's slab).
     """
 
     def __init__(self, g: int, s: int, m: int, c: int, dtype: torch.dtype) -> None:
@@ -583,7 +588,7 @@ class _Workspace:
         self.theta, self.r, self.num = torch.empty(3, g, m, sub)
         self.uv = torch.empty(2, g, m, sub)
         self.out = torch.empty(m, c)
-        self.wide = torch.empty(g, s, len(_ARRAYS) * c) if dtype != torch.float32 else None
+        self.wide = torch.empty(s, len(_ARRAYS) * c) if dtype != torch.float32 else None
 
 
 def group_weights_from_templates(templates: Tensor, labels: Tensor, group_size: int = 16) -> Tensor:

@@ -89,7 +89,7 @@ class Matcher:
             of at least this many templates (None: always exact ``IndexFlatIP``).
         nprobe: IVF lists visited per query (more = slower, closer to exact).
         precompute: in SlerpFace mode, build a :class:`ppfr.slerpface.SlerpFaceIndex` once
-            per snapshot (the default; 8.2 KB per 512-d template in float32, 4.2 KB in
+            per snapshot (the default; 8.4 KB per 512-d template in float32, 4.3 KB in
             float16) instead of calling ``SlerpFace.scores`` for every request.
         index_dtype: storage type of that index, ``torch.float32`` (exact to float32
             rounding) or ``torch.float16`` (half the memory; docs/templates.md gives its
