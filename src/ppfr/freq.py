@@ -23,9 +23,11 @@ with :math:`U` the 896x112 upsampling matrix and :math:`D` the 8x8 DCT matrix. O
 ``8I..8I+7`` of the upsampled image interpolates only input rows ``I-1..I+1``, so
 :math:`W_u` is a band of width 3: ``encode`` applies it to rows (small), then writes the
 output with three multiply-adds of shifted column windows, never building the 3x896x896
-image. ``decode`` runs the inverse DCT along ``u`` for all blocks as one matrix product,
-then keeps only the two upsampled rows each output row interpolates (and the same for
-columns). Both cost a few passes over the 192x112x112 coefficients
+image. ``decode`` needs, for output row ``k``, only the two upsampled rows it
+interpolates, and both lie in block row ``k``: the inverse DCT along ``u`` and the two
+taps fold into one weight per ``(u, k)``, so the rows are eight multiply-adds that read
+the coefficients once (and the same along columns). ``encode`` costs a few passes over the
+192x112x112 output, ``decode`` one over its input
 (see ``docs/benchmarks.md``).
 """
 
@@ -140,17 +142,19 @@ def _bases_cpu64() -> dict[str, Tensor]:
     if not torch.allclose(band.abs().sum(), w.abs().sum()):
         raise AssertionError("encode band misses weights")  # construction invariant
     # decode: output pixel k reads upsampled pixels taps[k] = (m, m + 1) with weights;
-    # pixel m is row m % 8 of block m // 8
+    # pixel m is row m % 8 of block m // 8. Both taps of output k lie in block k, so the
+    # inverse DCT of that block and the two taps fold into one weight per coefficient u:
+    # fold[u, k] = sum over taps of w * D[offset, u]
     taps, tap_w = _taps(SIZE * SCALE, SIZE)
+    if not torch.equal(taps // SCALE, torch.arange(SIZE)[:, None].expand(-1, 2)):
+        raise AssertionError("decode taps leave their block")  # construction invariant
+    fold = torch.einsum("kt,ktu->uk", tap_w, d.t()[taps % SCALE])
     m = torch.tensor(_RGB_TO_YCC, dtype=torch.float64)
     shift = torch.tensor(_YCC_SHIFT, dtype=torch.float64)
     return {
         "enc_band": band,  # (I, u, t)
         "enc_cols": band.permute(2, 1, 0).contiguous(),  # (t, v, J)
-        "idct": d.t().contiguous(),  # (a, u): pixel row a of a block from its coefficients
-        "dec_block": taps.reshape(-1) // SCALE,
-        "dec_offset": taps.reshape(-1) % SCALE,
-        "dec_w": tap_w,  # (k, 2)
+        "dec_fold": fold.contiguous(),  # (u, k): coefficient u of block k -> pixel k
         # x in [-1, 1] -> YCbCr - 128 in one affine step: 127.5 * M (x + 1) + shift
         "ycc_w": 127.5 * m,
         "ycc_b": 127.5 * m.sum(1) + shift,
@@ -267,19 +271,19 @@ def decode(f: Tensor) -> Tensor:
     _check(f, NUM_CHANNELS, "decode")
     with torch.autocast(f.device.type, enabled=False):
         b = _bases(f.device, f.dtype)
-        n = f.shape[0]
-        blk, off, w = b["dec_block"], b["dec_offset"], b["dec_w"]
-        # inverse DCT along u for every block at once: one GEMM, (a, u) @ (u, v*I*J)
-        r = torch.matmul(b["idct"], f.reshape(n, 3, SCALE, SCALE * SIZE * SIZE)).view(
-            n, 3, SCALE, SCALE, SIZE, SIZE
-        )
-        # downsample rows: pixel row k mixes rows (block, offset) of its two taps
-        rows = r[:, :, off, :, blk, :]  # (2*112, B, 3, v, J)
-        rows = (rows.view(SIZE, 2, n, 3, SCALE, SIZE) * w.view(SIZE, 2, 1, 1, 1, 1)).sum(1)
-        # the same along columns: inverse DCT along v, then the two column taps
-        cols = torch.matmul(b["idct"], rows)[..., off, blk]  # (k, B, 3, 2*112)
-        y = (cols.view(SIZE, n, 3, SIZE, 2) * w.view(1, 1, 1, SIZE, 2)).sum(-1)
-        y = y.permute(1, 2, 0, 3) - b["rgb_shift"].view(1, 3, 1, 1)
+        fold = b["dec_fold"]  # (u, k)
+        f6 = f.reshape(f.shape[0], 3, SCALE, SCALE, SIZE, SIZE)  # (B, colour, u, v, I, J)
+        # rows: output row k reads block row k only, so the inverse DCT along u and the
+        # downsampling are one weighted sum over u: eight multiply-adds that each read an
+        # eighth of the coefficients once and write a 1/8-size result
+        rows = torch.mul(f6[:, :, 0], fold[0].view(SIZE, 1))  # (B, 3, v, k, J)
+        for u in range(1, SCALE):
+            rows.addcmul_(f6[:, :, u], fold[u].view(SIZE, 1))
+        # columns: the same fold along v and J
+        y = torch.mul(rows[:, :, 0], fold[0])  # (B, 3, k, l)
+        for v in range(1, SCALE):
+            y.addcmul_(rows[:, :, v], fold[v])
+        y = y - b["rgb_shift"].view(1, 3, 1, 1)
         rgb = torch.einsum("oc,bchw->bohw", b["rgb_w"], y)
     return rgb.clamp(0.0, 1.0)
 
