@@ -11,9 +11,11 @@ import torch
 import torch.nn.functional as F
 from _common import machine, peak_rss_mib, per_item_ms
 
+import ppfr
 from ppfr import freq
 
 torch.set_num_threads(2)
+ppfr.tune_allocator()  # as every ppfr process does (docs/benchmarks.md, "Allocator")
 D = freq.dct_matrix(dtype=torch.float32)
 M = torch.tensor([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
 SHIFT = torch.tensor([-128.0, 0.0, 0.0]).view(1, 3, 1, 1)

@@ -15,6 +15,7 @@ import ppfr
 from ppfr.data.orl import load_orl
 
 torch.set_num_threads(2)
+ppfr.tune_allocator()  # as every ppfr process does (docs/benchmarks.md, "Allocator")
 
 
 def latency(widths: list[int]) -> None:

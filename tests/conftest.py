@@ -5,6 +5,8 @@ import ppfr
 from ppfr.data.orl import load_orl
 
 torch.set_num_threads(2)
+# as every ppfr command does: the tests allocate and free large tensors in tight loops
+ppfr.tune_allocator()
 
 #: devices to run device-generic tests on: the CPU always, CUDA where present
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
