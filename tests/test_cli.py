@@ -103,13 +103,16 @@ def test_demo_end_to_end(tmp_path, monkeypatch):
         {"arcface": {"recognizer": 1}, "minusface": {"residue": 1, "protected": 1}},
     )
     monkeypatch.setattr(ppfr.demo, "DEMO_ATTACK", {"width": 2, "epochs": 1})
+    monkeypatch.setattr(ppfr.demo, "DEMO_LINKAGE", {"epochs": 1})
+    monkeypatch.setattr(ppfr.demo, "DEMO_IDENTITY", {"width": 2, "epochs": 1})
     res = runner.invoke(app, ["demo", "--out", str(tmp_path)])
     assert res.exit_code == 0, res.output
     results = json.loads((tmp_path / "report.json").read_text())
     assert set(results["methods"]) == {"arcface", "minusface"}
     for r in results["methods"].values():
         assert 0.4 < r["accuracy"] <= 1 and r["protect_ms"] > 0
-        for attack in ("viewing", "recovery"):
+        assert 0 <= r["attacks"]["linkage"]["auc"] <= 1
+        for attack in ("viewing", "recovery", "identity-recovery"):
             scores = r["attacks"][attack]
             assert 0 <= scores["leakage"] <= 1 and -1 <= scores["ssim"] <= 1
     # the unprotected baseline shows the face itself to the viewing attack

@@ -63,6 +63,10 @@ from ppfr.methods.base import check_faces
 LINKAGE_FARS = (1e-2, 1e-3, 1e-4)
 #: faces whose protections estimate the student's input statistics
 _STATS_FACES = 64
+#: learning-rate factor of the weights a student copies from the recognizer
+_COPIED_LR_SCALE = 0.1
+#: gradient-norm clip of the student's steps (a guard against rare spikes)
+_MAX_GRAD_NORM = 100.0
 
 
 class Student(nn.Module):
@@ -109,6 +113,31 @@ class Student(nn.Module):
         self.net = net or create_backbone(
             backbone, in_channels=in_channels, embedding_size=embedding_size, width=width
         )
+        #: modules trained from their initialisation; None: all of them (a fresh backbone),
+        #: a list: only these, the rest copied from the recognizer (see :meth:`from_backbone`)
+        self.fresh: list[nn.Module] | None = None
+
+    def param_groups(self, lr: float, copied_scale: float) -> list[dict[str, Any]]:
+        """Adam groups: fresh weights at ``lr``, weights copied from the recognizer at
+        ``lr * copied_scale`` (Adam's normalised steps would otherwise move a trained network
+        far from what made it good within a few steps)."""
+        if self.fresh is None:
+            return [{"params": list(self.parameters()), "lr": lr}]
+        fresh = {id(p) for m in self.fresh for p in m.parameters()}
+        new = [p for p in self.parameters() if id(p) in fresh]
+        old = [p for p in self.parameters() if id(p) not in fresh]
+        return [{"params": new, "lr": lr}, {"params": old, "lr": lr * copied_scale}]
+
+    def train(self, mode: bool = True) -> Student:
+        """Train mode, except the batch norms copied from the recognizer: their statistics
+        describe faces as the recognizer saw them, and small batches would blur them."""
+        super().train(mode)
+        if mode and self.fresh is not None:
+            fresh = {id(m) for m in self.fresh}
+            for m in self.net.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm) and id(m) not in fresh:
+                    m.eval()
+        return self
 
     @classmethod
     def from_backbone(cls, backbone: nn.Module, in_channels: int, seed: int) -> Student:
@@ -120,6 +149,7 @@ class Student(nn.Module):
         net = copy.deepcopy(backbone).float().cpu()
         for p in net.parameters():
             p.requires_grad_(True)
+        fresh: list[nn.Module] = []
         if in_channels != net.in_channels:
             old = net.stem[0]
             with torch.random.fork_rng(devices=[]):
@@ -127,9 +157,12 @@ class Student(nn.Module):
                 new = nn.Conv2d(in_channels, old.out_channels, 3, 1, 1, bias=False)
                 nn.init.kaiming_normal_(new.weight, mode="fan_out", nonlinearity="relu")
             net.stem[0] = new
+            net.stem[1] = nn.BatchNorm2d(old.out_channels)  # statistics of the new input
             net.in_channels = in_channels
-        embedding_size = net.head[-1].num_features
-        return cls(in_channels, embedding_size, net=net)
+            fresh = [net.stem[0], net.stem[1]]
+        student = cls(in_channels, net.head[-1].num_features, net=net)
+        student.fresh = fresh
+        return student
 
     @torch.no_grad()
     def standardise_with(self, total: Tensor, total_sq: Tensor, count: int) -> None:
@@ -261,7 +294,8 @@ class LinkageAttack:
         backbone: the student's backbone (``ppfr.nets.list_backbones()``; IR-18 default).
         epochs: passes over the attacker's faces, each with fresh protection randomness.
         batch_size: faces per optimisation step.
-        lr: Adam learning rate (cosine-annealed to zero over the epochs).
+        lr: Adam learning rate, cosine-annealed over the epochs; weights the student copies
+            from the recognizer train at a tenth of it.
         views: protections of each victim face whose student embeddings are averaged.
         flip: mirror each training face with probability 1/2 before protecting it.
         init: ``"recognizer"`` starts the student from a copy of the recognizer's own IR
@@ -364,8 +398,8 @@ class LinkageAttack:
                 count += x.shape[0] * x.shape[2] * x.shape[3]
             student = self._student(recognizer, len(total), target.shape[1], aux, seed)
             student.standardise_with(total, total_sq, count)
-            opt = torch.optim.Adam(student.parameters(), lr=self.lr)
-            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.epochs)
+            opt = torch.optim.Adam(student.param_groups(self.lr, _COPIED_LR_SCALE))
+            base_lrs = [group["lr"] for group in opt.param_groups]
             self.history = []
             bar = tqdm(
                 range(self.epochs),
@@ -374,7 +408,9 @@ class LinkageAttack:
                 disable=not self.progress,
                 leave=False,
             )
-            for _ in bar:
+            for epoch in bar:
+                for group, base in zip(opt.param_groups, base_lrs, strict=True):
+                    group["lr"] = base * 0.5 * (1 + math.cos(math.pi * epoch / self.epochs))
                 order = torch.randperm(len(aux), generator=g)
                 # a last batch of one would break batch norm: fold it into the one before
                 starts = list(range(0, len(order), self.batch_size))
@@ -393,9 +429,13 @@ class LinkageAttack:
                     loss = (1.0 - (student(x) * target[idx]).sum(dim=1)).mean()
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
-                    opt.step()
+                    # an input with no variation at all (a protection that sends a constant)
+                    # makes every batch norm divide by ~sqrt(eps): the gradients overflow.
+                    # Skip such a step; the student then keeps its initial, constant answer
+                    norm = torch.nn.utils.clip_grad_norm_(student.parameters(), _MAX_GRAD_NORM)
+                    if torch.isfinite(norm):
+                        opt.step()
                     total_loss += float(loss.detach()) * len(idx)
-                sched.step()
                 self.history.append(total_loss / len(order))
                 bar.set_postfix(cos_loss=f"{self.history[-1]:.4f}")
         self.student = student.eval()
