@@ -141,7 +141,7 @@ def _random_setup(n=300, m=5, dim=DIM, seed=0, config=None):
     return sf, sf.protect(t, k), k, q, t
 
 
-@pytest.mark.parametrize("block", [1, 64, 128, 2048])
+@pytest.mark.parametrize("block", [16, 128, 2048])
 def test_index_equals_direct_form(block):
     sf, p, k, q, t = _random_setup()
     idx = SlerpFaceIndex(sf, p, k, block=block)
@@ -151,6 +151,21 @@ def test_index_equals_direct_form(block):
     torch.testing.assert_close(idx.scores(q[:1]), want[:1], atol=1e-5, rtol=0)
     # and SlerpFace.scores is the index under the hood
     torch.testing.assert_close(sf.scores(q, p, k), want[: len(q)], atol=1e-5, rtol=0)
+
+
+def test_index_fast_path_for_ordinary_queries(monkeypatch):
+    """The exact fallback runs only for degenerate groups, never for padding or data."""
+    sf, p, k, q, _ = _random_setup(n=300)
+    idx = SlerpFaceIndex(sf, p, k, block=128)  # last block 44 rows + 84 padded columns
+    calls = []
+    original = SlerpFaceIndex._direct
+    monkeypatch.setattr(
+        SlerpFaceIndex, "_direct", lambda self, *a: calls.append(1) or original(self, *a)
+    )
+    idx.scores(q)
+    assert calls == []
+    idx.scores(k[:1])  # aligned with key 0: its columns go the exact way
+    assert len(calls) == 1
 
 
 def test_index_rows_match_full_scores():

@@ -410,6 +410,10 @@ class SlerpFaceIndex:
         nb = -(-self.n // c)
         self.blocks = torch.zeros(nb, g, s, len(_ARRAYS) * c, dtype=dtype)
         self.scalars = torch.zeros(nb, 2, g, c, dtype=torch.float32)
+        # zero-padded columns of the last block: |Mk|^2 = 1 keeps their denominator
+        # positive, so they score 0 instead of 0 / 0 (which would send the block's last
+        # columns to the slow exact path on every query)
+        self.scalars[:, 1] = 1.0
         for b in range(nb):
             lo, hi = b * c, min(self.n, (b + 1) * c)
             k_hat = sf._unit(sf._groups(k[lo:hi]))  # (rows, G, s)
