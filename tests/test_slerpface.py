@@ -246,6 +246,17 @@ def test_index_float16_close_and_small():
         SlerpFaceIndex(sf, p, k[:3])
 
 
+def test_index_query_slices_and_small_gallery_block(monkeypatch):
+    import ppfr.slerpface as mod
+
+    sf, p, k, q, _ = _random_setup(n=300, m=9)
+    idx = SlerpFaceIndex(sf, p, k)
+    assert idx.block == 300  # a gallery smaller than one block is not padded
+    whole = idx.scores(q)
+    monkeypatch.setattr(mod, "_WORK_BYTES", 1)  # one query per slice
+    torch.testing.assert_close(idx.scores(q), whole, atol=1e-6, rtol=0)
+
+
 def test_index_empty_and_deterministic():
     sf, p, k, q, _ = _random_setup(n=10)
     empty = SlerpFaceIndex(sf, p[:0], k[:0])

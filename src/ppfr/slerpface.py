@@ -118,6 +118,8 @@ _SIN_EPS = 1e-6  # below this sin(theta), slerp falls back to its linear-interpo
 #: templates per stored block of :class:`SlerpFaceIndex`: large enough that the batched
 #: products run at memory speed (per-call overhead shows below ~1,000 rows)
 _BLOCK = 2048
+#: bound on the per-call scoring buffers (about 8 floats per group, query and column)
+_WORK_BYTES = 64 * 2**20
 #: columns per pass of the element-wise part: its (G, m, _SUB) temporaries stay in L2
 _SUB = 512
 #: floor of theta in the streamed form: u, v > 0 and their ratio exact to ~1e-9
@@ -365,7 +367,7 @@ class SlerpFaceIndex:
         dtype: storage type of the four arrays, ``torch.float32`` or ``torch.float16``
             (widened to float32 one block at a time while scoring; the scalars stay
             float32).
-        block: templates per block (default :data:`_BLOCK`).
+        block: templates per block (default :data:`_BLOCK`, or the gallery size if smaller).
 
     Shape:
         protected ``(n, dim)``, keys ``(n, dim)``; :attr:`blocks`
@@ -392,8 +394,7 @@ class SlerpFaceIndex:
     ) -> None:
         if dtype not in (torch.float32, torch.float16):
             raise InputError(f"index dtype must be torch.float32 or torch.float16, got {dtype}")
-        block = _BLOCK if block is None else block
-        if int(block) != block or block < 1:
+        if block is not None and (int(block) != block or block < 1):
             raise InputError(f"block must be a positive integer, got {block!r}")
         p = _check_matrix(protected, sf.dim, "protected templates").detach().cpu()
         k = _check_matrix(keys, sf.dim, "keys").detach().cpu()
@@ -402,6 +403,8 @@ class SlerpFaceIndex:
                 f"need one key per protected template, got {p.shape[0]} templates "
                 f"and {k.shape[0]} keys"
             )
+        if block is None:  # a small gallery: one unpadded block, not 2,048 mostly empty columns
+            block = max(1, min(_BLOCK, p.shape[0]))
         self.sf = sf
         self.dtype = dtype
         self.block = int(block)
@@ -458,6 +461,21 @@ class SlerpFaceIndex:
         out = torch.empty(m, hi - lo, dtype=torch.float32)
         if m == 0 or hi == lo:
             return out
+        # many queries: a slice at a time, so the per-block buffers stay near 64 MiB
+        step = max(1, _WORK_BYTES // (4 * sf.num_groups * 8 * self.block))
+        for a in range(0, m, step):
+            out[a : a + step] = self._scores(q[a : a + step], lo, hi)
+        return out
+
+    def _scores(self, q: Tensor, lo: int, hi: int) -> Tensor:
+        """Scores of validated queries against columns ``lo:hi``.
+
+        Shape:
+            q ``(m, dim)`` float32 -> ``(m, hi - lo)``.
+        """
+        sf = self.sf
+        m = q.shape[0]
+        out = torch.empty(m, hi - lo, dtype=torch.float32)
         q_hat = sf._unit(sf._groups(q)).transpose(0, 1).contiguous()  # (G, m, s)
         q_sq = q_hat * q_hat
         c = self.block
