@@ -38,12 +38,13 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from tqdm.auto import tqdm
 
-import ppfr
 from ppfr.data import orl
 from ppfr.data.base import FaceDataset
 from ppfr.data.open import open_source
-from ppfr.errors import CheckpointError
+from ppfr.errors import CheckpointError, InputError
+from ppfr.methods import create
 from ppfr.methods.base import PARTS, Method, Stage
+from ppfr.runtime import tune_allocator
 from ppfr.train.config import TrainConfig
 
 STATE_FILE = "trainer_state.pt"
@@ -97,7 +98,7 @@ def training_data(cfg: TrainConfig) -> FaceDataset:
         return orl.load_orl(train_ids, aligned=source == "orl")
     data = open_source(cfg.data.source)
     if not isinstance(data, FaceDataset):
-        raise ppfr.InputError(f"{cfg.data.source}: a verification pack cannot be trained on")
+        raise InputError(f"{cfg.data.source}: a verification pack cannot be trained on")
     return data
 
 
@@ -160,7 +161,7 @@ class Trainer:
     def __init__(
         self, cfg: TrainConfig, dataset: FaceDataset | None = None, progress: bool = True
     ) -> None:
-        ppfr.tune_allocator()  # reuse freed step buffers instead of faulting in fresh pages
+        tune_allocator()  # reuse freed step buffers instead of faulting in fresh pages
         self.cfg = cfg
         self.dist = _setup_distributed(_device_type(cfg.device))
         self.device = _resolve_device(cfg.device, self.dist)
@@ -170,7 +171,7 @@ class Trainer:
         self.progress = progress and self.dist.main
         self.dataset = dataset if dataset is not None else training_data(cfg)
         torch.manual_seed(_derive_seed(cfg.seed, "init"))  # same initial weights on every rank
-        self.model: Method = ppfr.create(
+        self.model: Method = create(
             cfg.method, num_classes=self.dataset.num_classes, **cfg.model
         ).to(self.device)
         self.history: list[dict] = []
