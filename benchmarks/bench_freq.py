@@ -1,6 +1,6 @@
 """Speed and peak memory of ppfr.freq against the straightforward path.
 
-The straightforward path is the brief's recipe taken literally: upsample to 3x896x896
+The straightforward path is the transform's definition taken literally: upsample to 3x896x896
 (bilinear, align_corners=True), convert to YCbCr, unfold into 8x8 blocks and DCT each
 block as D B D^T. Run:  python benchmarks/bench_freq.py
 """

@@ -39,8 +39,8 @@ MODELS = {
 def rate(fn, items: int, repeats: int = 7, warmup: int = 8) -> tuple[float, float]:
     """(items per wall-clock second, process CPU milliseconds per item) of ``fn``.
 
-    ``warmup`` calls first (on this machine the first ~8 calls of a new model cost several
-    times the CPU of later ones), then ``repeats``: wall clock from the fastest run, CPU time (all
+    ``warmup`` calls first (the first calls of a new model cost several times the CPU of
+    later ones), then ``repeats``: wall clock from the fastest run, CPU time (all
     threads of this process: the app runs in process) the median. On a machine shared with
     other jobs wall-clock rates swing with the load; CPU time per item is the steadier
     measure of the work itself.

@@ -5,7 +5,7 @@ Run (reusing a bundle trained with the demo recipe on split 0, e.g. by ``ppfr be
     python benchmarks/e2e_orl.py --model /tmp/bench-orl/runs/split-0/minusface/model --out /tmp/e2e
 
 Without ``--model`` it trains one first with :func:`ppfr.demo.train_preset` (minusface,
-split ``--seed``; ~6 min on 2 CPU cores).
+split ``--seed``; minutes on a CPU).
 
 Steps:
 

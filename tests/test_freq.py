@@ -1,4 +1,4 @@
-"""ppfr.freq against the brief's definition, written here independently."""
+"""ppfr.freq against the transform's definition (docs/design.md), written here independently."""
 
 import math
 
@@ -20,7 +20,7 @@ def _dct8(dtype):
 
 
 def reference_encode(x):
-    """Brief section 2, step by step, on the full 896x896 image."""
+    """The definition, step by step, on the full 896x896 image."""
     p = (x + 1) / 2 * 255
     up = F.interpolate(p, scale_factor=8, mode="bilinear", align_corners=True)
     r, g, b = up.unbind(1)

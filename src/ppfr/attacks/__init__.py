@@ -1,7 +1,7 @@
 """Privacy attacks on protected representations, looked up by name.
 
 An attack takes a model (a registered method) and faces with their identities, and scores
-how much of the face the method's protected representation gives away (brief, section 4):
+how much of the face the method's protected representation gives away (docs/privacy.md):
 SSIM and PSNR against the original, and identity leakage measured by the independent judge.
 The identity attacks (``linkage``, ``identity-recovery``) use a face recognizer of the
 attacker's own, never the judge (docs/privacy.md).

@@ -1,4 +1,4 @@
-"""The recovery attack: learn to invert the client's protection (brief, sections 1 and 4).
+"""The recovery attack: learn to invert the client's protection (docs/privacy.md).
 
 The published attack. The attacker knows the method and holds the client bundle, so it can
 protect faces of its own, but it does not know the per-image randomness of the victims'

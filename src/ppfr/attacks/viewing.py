@@ -1,8 +1,8 @@
 """The viewing attack: look at the protected representation itself as if it were a face.
 
-Brief, section 4: the protected representation, shown as an image, must show nothing
-recognisable, neither to a person (SSIM/PSNR against the original) nor to a standard face
-recognizer (identity leakage measured by the independent judge).
+The protected representation, shown as an image, must show nothing recognisable, neither to
+a person (SSIM/PSNR against the original) nor to a standard face recognizer (identity
+leakage measured by the independent judge); docs/privacy.md has the threat model.
 
 How a representation becomes an image (the *view*), in order of precedence:
 

@@ -390,41 +390,14 @@ def verification_protocol(
     (1.0, 0.51)
     """
     same = _check_issame(issame)
-    arr = _as_numpy(scores, "scores")
-    if arr.ndim == 2:
-        if len(arr) != 2 * len(same):
-            raise InputError(
-                f"embeddings have {len(arr)} rows but {len(same)} issame flags need "
-                f"{2 * len(same)} (pair i = rows 2i, 2i+1)"
-            )
-        d = pair_distances(arr)
-    elif arr.ndim == 1:
-        d = _check_distances(arr, len(same))
-    else:
-        raise InputError(
-            f"scores must be distances (N,) or embeddings (2N, D), got shape {arr.shape}"
-        )
-
-    thr = np.asarray(thresholds, dtype=np.float64)
-    if thr.ndim != 1 or len(thr) == 0 or not np.all(np.isfinite(thr)):
-        raise InputError("thresholds must be a non-empty 1-D array of finite numbers")
-    if np.any(np.diff(thr) <= 0):
-        # The tie rule "smallest threshold wins" relies on the first maximum being smallest.
-        raise InputError("thresholds must be strictly increasing")
+    d = _distances_from_scores(scores, len(same))
+    thr = _check_thresholds(thresholds)
     fars = [_check_far(f) for f in fars]
 
-    n = len(d)
-    folds_idx = contiguous_folds(n, nfolds)
-    folds: list[FoldResult] = []
-    for k, test in enumerate(folds_idx):
-        train = np.ones(n, dtype=bool)
-        train[test] = False
-        curve = _accuracy_curve(d[train], same[train], thr)
-        best = int(np.argmax(curve))  # first maximum = smallest threshold on ties
-        t = float(thr[best])
-        acc = float(np.mean((d[test] < t) == same[test]))
-        folds.append(FoldResult(k, len(test), t, float(curve[best]), acc))
-
+    folds = [
+        _score_fold(k, d, same, test, thr)
+        for k, test in enumerate(contiguous_folds(len(d), nfolds))
+    ]
     accs = np.array([f.accuracy for f in folds])
     result = VerificationResult(
         accuracy=float(accs.mean()),
@@ -433,11 +406,57 @@ def verification_protocol(
         auc=roc_auc(d, same),
         threshold=float(np.mean([f.threshold for f in folds])),
         folds=folds,
-        num_pairs=n,
+        num_pairs=len(d),
         num_genuine=int(same.sum()),
         num_impostor=int((~same).sum()),
         name=name,
     )
+    _add_roc_summaries(result, d, same, fars)
+    return result
+
+
+def _distances_from_scores(scores: Any, num_pairs: int) -> np.ndarray:
+    """Pair distances from either distances (N,) or embeddings (2N, D)."""
+    arr = _as_numpy(scores, "scores")
+    if arr.ndim == 2:
+        if len(arr) != 2 * num_pairs:
+            raise InputError(
+                f"embeddings have {len(arr)} rows but {num_pairs} issame flags need "
+                f"{2 * num_pairs} (pair i = rows 2i, 2i+1)"
+            )
+        return pair_distances(arr)
+    if arr.ndim == 1:
+        return _check_distances(arr, num_pairs)
+    raise InputError(f"scores must be distances (N,) or embeddings (2N, D), got shape {arr.shape}")
+
+
+def _check_thresholds(thresholds: Sequence[float] | np.ndarray) -> np.ndarray:
+    thr = np.asarray(thresholds, dtype=np.float64)
+    if thr.ndim != 1 or len(thr) == 0 or not np.all(np.isfinite(thr)):
+        raise InputError("thresholds must be a non-empty 1-D array of finite numbers")
+    if np.any(np.diff(thr) <= 0):
+        # The tie rule "smallest threshold wins" relies on the first maximum being smallest.
+        raise InputError("thresholds must be strictly increasing")
+    return thr
+
+
+def _score_fold(
+    k: int, d: np.ndarray, same: np.ndarray, test: np.ndarray, thresholds: np.ndarray
+) -> FoldResult:
+    """Fold ``k``: the best threshold on every other pair, then the accuracy on ``test``."""
+    train = np.ones(len(d), dtype=bool)
+    train[test] = False
+    curve = _accuracy_curve(d[train], same[train], thresholds)
+    best = int(np.argmax(curve))  # first maximum = smallest threshold on ties
+    t = float(thresholds[best])
+    acc = float(np.mean((d[test] < t) == same[test]))
+    return FoldResult(k, len(test), t, float(curve[best]), acc)
+
+
+def _add_roc_summaries(
+    result: VerificationResult, d: np.ndarray, same: np.ndarray, fars: Sequence[float]
+) -> None:
+    """TAR and its threshold at each FAR, with a note for every summary left out."""
     for far in fars:
         result.far_threshold[far] = threshold_at_far(d, same, far)
         result.tar_at_far[far] = tar_at_far(d, same, far)
@@ -450,7 +469,6 @@ def verification_protocol(
             result.notes.append(f"TAR@FAR={far:g} not reported: {why}")
     if result.auc is None:
         result.notes.append("AUC not reported: needs both genuine and impostor pairs")
-    return result
 
 
 # --------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""IR ("improved ResNet") backbones of the ArcFace family (brief, section 2).
+"""IR ("improved ResNet") backbones of the ArcFace family (Deng et al., CVPR 2019).
 
 Stem: conv3x3 (in -> 64) + BN + PReLU. Four stages of 64/128/256/512 channels; the first
 block of each stage has stride 2. Block: BN, conv3x3, BN, PReLU, conv3x3 (stride), BN, plus

@@ -6,8 +6,8 @@ max-pool, up-sampling by a transposed conv, skip connections by concatenation, a
 output conv. ``width=64`` gives the public code's 64..1024 network (about 31M weights).
 MinusFace defaults to ``width=16`` (16..256, about 2M weights): the paper calls its
 generator "reduced-scale", and the generator is the *client* that runs on the user's
-device; at 16 ``protect`` costs ~26 ms/face on a 2-core CPU against ~42 ms at 32 and far
-more at 64 (docs/benchmarks.md). The demo and the tests use smaller widths still.
+device, where ``protect`` at 16 costs clearly less than at 32 and far less than at 64
+(docs/benchmarks.md has the figures). The demo and the tests use smaller widths still.
 
 The generator sees the frequency coefficients divided by ``input_scale`` (coefficients
 reach several hundred) and its output is multiplied back, so it learns at a well-scaled

@@ -51,7 +51,7 @@ from typing import Annotated, Any
 
 import numpy as np
 import torch
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -60,7 +60,10 @@ from ppfr.errors import InputError, PPFRError, UnknownNameError
 from ppfr.methods import Method, load
 from ppfr.serve import wire
 from ppfr.serve.auth import Authenticator, AuthError, check_gallery_name, token_from_headers
-from ppfr.serve.calibrate import CALIBRATION_FILE
+from ppfr.serve.calibrate import CALIBRATION_FILE, read_calibration
+from ppfr.serve.matching import Matcher
+from ppfr.serve.store import open_store
+from ppfr.slerpface import SlerpFace
 
 log = logging.getLogger("ppfr.serve")
 
@@ -105,8 +108,6 @@ def resolve_threshold(
         if not np.isfinite(threshold):
             raise InputError(f"threshold must be a finite number, got {threshold}")
         return Threshold(float(threshold), "given (--threshold)")
-    from ppfr.serve.calibrate import read_calibration
-
     cal = read_calibration(model_dir)
     if cal is None:
         return Threshold(
@@ -138,10 +139,6 @@ class Service:
         allow_unprotected: bool,
         use_faiss: bool,
     ) -> None:
-        from ppfr.serve.matching import Matcher
-        from ppfr.serve.store import open_store
-        from ppfr.slerpface import SlerpFace
-
         model_dir = Path(model_dir)
         self.model: Method = load(model_dir, part="server")
         if self.model.name in UNPROTECTED and not allow_unprotected:
@@ -260,8 +257,169 @@ def _gallery(gallery: str, request: Request, record: Annotated[Any, Depends(_key
     return gallery
 
 
+Svc = Annotated[Service, Depends(_svc)]
 Gallery = Annotated[str, Depends(_gallery)]
 Body = Annotated[bytes, Depends(_body)]
+
+
+# ---- routes (the table in the module docstring)
+router = APIRouter(prefix="/v1")
+
+
+@router.get("/health")
+def health() -> dict[str, str]:
+    """Liveness; needs no key."""
+    return {"status": "ok"}
+
+
+@router.get("/info", dependencies=[Depends(_key)])
+def info(svc: Svc) -> dict[str, Any]:
+    """What this server expects from clients."""
+    return svc.info()
+
+
+@router.post("/galleries/{gallery}/subjects/{subject}")
+async def enroll(svc: Svc, gallery: Gallery, subject: str, data: Body) -> dict[str, Any]:
+    """Enroll one subject from a batch of representations (one template each)."""
+    check_subject_name(subject)
+    p = svc.representations(data)
+    ids = await run_in_threadpool(svc.enroll, gallery, subject, p)
+    return {"gallery": gallery, "subject": subject, "template_ids": [int(i) for i in ids]}
+
+
+@router.delete("/galleries/{gallery}/subjects/{subject}")
+def delete(svc: Svc, gallery: Gallery, subject: str) -> dict[str, Any]:
+    """Delete a subject and all its templates and keys."""
+    removed = svc.store.delete_subject(gallery, subject)
+    if not removed:
+        raise ServiceError(404, f"no subject {subject!r} in gallery {gallery!r}")
+    return {"gallery": gallery, "subject": subject, "removed": int(removed)}
+
+
+@router.get("/galleries/{gallery}/subjects")
+def subjects(svc: Svc, gallery: Gallery) -> dict[str, Any]:
+    """The subjects enrolled in a gallery."""
+    return {"gallery": gallery, "subjects": svc.store.subjects(gallery)}
+
+
+@router.get("/galleries/{gallery}/stats")
+def stats(svc: Svc, gallery: Gallery) -> dict[str, Any]:
+    """Subject and template counts, dimension and version of a gallery."""
+    s = svc.store.stats(gallery)
+    return {
+        "gallery": s.gallery,
+        "subjects": s.subjects,
+        "templates": s.templates,
+        "dim": s.dim,
+        "version": s.version,
+    }
+
+
+def _decide(candidates: list[tuple[str, float]], threshold: float | None) -> dict[str, Any]:
+    """One identify result: the ranked candidates and the best one if it passes."""
+    best = candidates[0] if candidates else None
+    passes = best is not None and threshold is not None and best[1] > threshold
+    return {
+        "candidates": [{"subject": s, "score": float(sc)} for s, sc in candidates],
+        "match": best[0] if passes else None,
+    }
+
+
+@router.post("/galleries/{gallery}/identify")
+async def identify(
+    svc: Svc,
+    gallery: Gallery,
+    data: Body,
+    top_k: Annotated[int, Query(ge=1, le=100)] = 5,
+) -> dict[str, Any]:
+    """1:N: for each representation, the top-k subjects by score, and the decision."""
+    p = svc.representations(data)
+
+    def work() -> list[list[tuple[str, float]]]:
+        return svc.matcher.identify(gallery, svc.embed(p), top_k=top_k)
+
+    ranked = await run_in_threadpool(work)
+    t = svc.threshold.value
+    return {"gallery": gallery, "threshold": t, "results": [_decide(c, t) for c in ranked]}
+
+
+@router.post("/galleries/{gallery}/subjects/{subject}/verify")
+async def verify(svc: Svc, gallery: Gallery, subject: str, data: Body) -> dict[str, Any]:
+    """1:1: the best score of one representation against a subject's templates."""
+    p = svc.representations(data, single=True)
+
+    def work() -> float:
+        try:
+            return float(svc.matcher.verify(gallery, svc.embed(p), subject))
+        except UnknownNameError:
+            raise ServiceError(404, f"no subject {subject!r} in gallery {gallery!r}") from None
+
+    score = await run_in_threadpool(work)
+    t = svc.threshold.value
+    return {
+        "gallery": gallery,
+        "subject": subject,
+        "score": score,
+        "threshold": t,
+        "match": None if t is None else bool(score > t),
+    }
+
+
+# ---- the access log and the error answers
+async def _access_log(request: Request, call_next):
+    t0 = time.perf_counter()
+    response = await call_next(request)
+    route = request.scope.get("route")
+    log.info(
+        "%s %s status=%d gallery=%s key=%s bytes=%s ms=%.1f",
+        request.method,
+        getattr(route, "path", "<unmatched>"),
+        response.status_code,
+        getattr(request.state, "gallery", "-"),
+        getattr(request.state, "key_id", "-"),
+        getattr(request.state, "body_bytes", 0),
+        1000 * (time.perf_counter() - t0),
+    )
+    return response
+
+
+def _answer(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"detail": message}, status_code=status, headers=headers)
+
+
+async def _auth_error(request: Request, exc: AuthError) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+    return _answer(exc.status, str(exc), headers)
+
+
+async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
+    return _answer(exc.status, str(exc))
+
+
+async def _input_error(request: Request, exc: PPFRError) -> JSONResponse:
+    return _answer(422, str(exc))
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    where = "; ".join(
+        f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg', '')}" for e in exc.errors()
+    )
+    return _answer(422, f"invalid request ({where})")
+
+
+async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+    # the type only: an exception message could quote request data
+    log.error("internal error %s on %s", type(exc).__name__, request.url.path)
+    return _answer(500, "internal server error")
+
+
+_ERROR_ANSWERS = (
+    (AuthError, _auth_error),
+    (ServiceError, _service_error),
+    (PPFRError, _input_error),
+    (RequestValidationError, _validation_error),
+    (Exception, _internal_error),
+)
 
 
 def create_app(
@@ -274,8 +432,14 @@ def create_app(
     allow_unprotected: bool = False,
     use_faiss: bool = False,
 ) -> FastAPI:
-    """Build the service app (see the module docstring)."""
-    svc = Service(
+    """Build the service app (see the module docstring): the service state and the routes."""
+    app = FastAPI(
+        title="ppfr recognition service",
+        version="1",
+        description="Privacy-preserving face recognition: clients send protected "
+        "representations (ppfr wire format), never images.",
+    )
+    app.state.service = Service(
         model_dir,
         db_url,
         max_body_bytes=max_body_bytes,
@@ -284,149 +448,8 @@ def create_app(
         allow_unprotected=allow_unprotected,
         use_faiss=use_faiss,
     )
-    app = FastAPI(
-        title="ppfr recognition service",
-        version="1",
-        description="Privacy-preserving face recognition: clients send protected "
-        "representations (ppfr wire format), never images.",
-    )
-    app.state.service = svc
-    _install_handlers(app)
-
-    @app.get("/v1/health")
-    def health() -> dict[str, str]:
-        """Liveness; needs no key."""
-        return {"status": "ok"}
-
-    @app.get("/v1/info", dependencies=[Depends(_key)])
-    def info() -> dict[str, Any]:
-        """What this server expects from clients."""
-        return svc.info()
-
-    @app.post("/v1/galleries/{gallery}/subjects/{subject}")
-    async def enroll(gallery: Gallery, subject: str, data: Body) -> dict[str, Any]:
-        """Enroll one subject from a batch of representations (one template each)."""
-        check_subject_name(subject)
-        p = svc.representations(data)
-        ids = await run_in_threadpool(svc.enroll, gallery, subject, p)
-        return {"gallery": gallery, "subject": subject, "template_ids": [int(i) for i in ids]}
-
-    @app.delete("/v1/galleries/{gallery}/subjects/{subject}")
-    def delete(gallery: Gallery, subject: str) -> dict[str, Any]:
-        """Delete a subject and all its templates and keys."""
-        removed = svc.store.delete_subject(gallery, subject)
-        if not removed:
-            raise ServiceError(404, f"no subject {subject!r} in gallery {gallery!r}")
-        return {"gallery": gallery, "subject": subject, "removed": int(removed)}
-
-    @app.get("/v1/galleries/{gallery}/subjects")
-    def subjects(gallery: Gallery) -> dict[str, Any]:
-        return {"gallery": gallery, "subjects": svc.store.subjects(gallery)}
-
-    @app.get("/v1/galleries/{gallery}/stats")
-    def stats(gallery: Gallery) -> dict[str, Any]:
-        s = svc.store.stats(gallery)
-        return {
-            "gallery": s.gallery,
-            "subjects": s.subjects,
-            "templates": s.templates,
-            "dim": s.dim,
-            "version": s.version,
-        }
-
-    @app.post("/v1/galleries/{gallery}/identify")
-    async def identify(
-        gallery: Gallery,
-        data: Body,
-        top_k: Annotated[int, Query(ge=1, le=100)] = 5,
-    ) -> dict[str, Any]:
-        """1:N: for each representation, the top-k subjects by score, and the decision."""
-        p = svc.representations(data)
-
-        def work() -> list[list[tuple[str, float]]]:
-            return svc.matcher.identify(gallery, svc.embed(p), top_k=top_k)
-
-        ranked = await run_in_threadpool(work)
-        t = svc.threshold.value
-        results = []
-        for cands in ranked:
-            best = cands[0] if cands else None
-            match = best[0] if best is not None and t is not None and best[1] > t else None
-            results.append(
-                {
-                    "candidates": [{"subject": s, "score": float(sc)} for s, sc in cands],
-                    "match": match,
-                }
-            )
-        return {"gallery": gallery, "threshold": t, "results": results}
-
-    @app.post("/v1/galleries/{gallery}/subjects/{subject}/verify")
-    async def verify(gallery: Gallery, subject: str, data: Body) -> dict[str, Any]:
-        """1:1: the best score of one representation against a subject's templates."""
-        p = svc.representations(data, single=True)
-
-        def work() -> float:
-            try:
-                return float(svc.matcher.verify(gallery, svc.embed(p), subject))
-            except UnknownNameError:
-                raise ServiceError(404, f"no subject {subject!r} in gallery {gallery!r}") from None
-
-        score = await run_in_threadpool(work)
-        t = svc.threshold.value
-        return {
-            "gallery": gallery,
-            "subject": subject,
-            "score": score,
-            "threshold": t,
-            "match": None if t is None else bool(score > t),
-        }
-
-    @app.middleware("http")
-    async def access_log(request: Request, call_next):
-        t0 = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        log.info(
-            "%s %s status=%d gallery=%s key=%s bytes=%s ms=%.1f",
-            request.method,
-            getattr(route, "path", "<unmatched>"),
-            response.status_code,
-            getattr(request.state, "gallery", "-"),
-            getattr(request.state, "key_id", "-"),
-            getattr(request.state, "body_bytes", 0),
-            1000 * (time.perf_counter() - t0),
-        )
-        return response
-
+    for exc_type, handler in _ERROR_ANSWERS:
+        app.add_exception_handler(exc_type, handler)
+    app.include_router(router)
+    app.middleware("http")(_access_log)
     return app
-
-
-def _install_handlers(app: FastAPI) -> None:
-    def answer(status: int, message: str, headers: dict[str, str] | None = None):
-        return JSONResponse({"detail": message}, status_code=status, headers=headers)
-
-    @app.exception_handler(AuthError)
-    async def _auth(request: Request, exc: AuthError):
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-        return answer(exc.status, str(exc), headers)
-
-    @app.exception_handler(ServiceError)
-    async def _service(request: Request, exc: ServiceError):
-        return answer(exc.status, str(exc))
-
-    @app.exception_handler(PPFRError)
-    async def _input(request: Request, exc: PPFRError):
-        return answer(422, str(exc))
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation(request: Request, exc: RequestValidationError):
-        where = "; ".join(
-            f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg', '')}" for e in exc.errors()
-        )
-        return answer(422, f"invalid request ({where})")
-
-    @app.exception_handler(Exception)
-    async def _internal(request: Request, exc: Exception):
-        # the type only: an exception message could quote request data
-        log.error("internal error %s on %s", type(exc).__name__, request.url.path)
-        return answer(500, "internal server error")

@@ -8,7 +8,7 @@
 - A key lists the galleries it may use; a call to any other gallery is refused (403), a
   revoked or unknown key or a wrong secret is refused (401).
 
-scrypt costs ~50 ms of CPU on purpose (it slows guessing from a stolen key table). So that
+scrypt is slow on purpose (it slows guessing from a stolen key table). So that
 every request does not pay it, :class:`Authenticator` remembers, per key, the SHA-256 of a
 secret it already verified against the stored hash; the key record (revocation, galleries)
 is still read from the store on every request, so revoking takes effect at once.

@@ -74,7 +74,6 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     amp: bool = True
-    log_every: int = 10
     model: dict[str, Any] = field(default_factory=dict)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -90,7 +89,7 @@ class TrainConfig:
     # ---- TOML
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        d = dict(d)
+        d = {k: v for k, v in d.items() if k not in _RETIRED_KEYS}
         sub = {
             "data": _build(DataConfig, d.pop("data", {}), "data"),
             "optim": _build(OptimConfig, d.pop("optim", {}), "optim"),
@@ -115,6 +114,11 @@ class TrainConfig:
 
     def to_toml(self, path: str | Path) -> None:
         Path(path).write_text(tomli_w.dumps(self.to_dict()))
+
+
+#: top-level keys that older configs (and the config.toml of older runs) set and that no
+#: longer mean anything: read and ignored, so those files still load
+_RETIRED_KEYS = frozenset({"log_every"})
 
 
 def _build(cls, values: dict[str, Any], where: str):

@@ -25,8 +25,10 @@ import hashlib
 import os
 import shutil
 import time
-from contextlib import nullcontext
-from dataclasses import dataclass
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -36,10 +38,13 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from tqdm.auto import tqdm
 
-import ppfr
+from ppfr.data import orl
 from ppfr.data.base import FaceDataset
-from ppfr.errors import CheckpointError
+from ppfr.data.open import open_source
+from ppfr.errors import CheckpointError, InputError
+from ppfr.methods import create
 from ppfr.methods.base import PARTS, Method, Stage
+from ppfr.runtime import tune_allocator
 from ppfr.train.config import TrainConfig
 
 STATE_FILE = "trainer_state.pt"
@@ -87,18 +92,67 @@ def _resolve_device(name: str, d: _Dist) -> torch.device:
 
 def training_data(cfg: TrainConfig) -> FaceDataset:
     """The training split described by ``cfg.data``."""
-    from ppfr.data import orl
-
     source = cfg.data.source.lower()
     if source in ("orl", "orl-padded"):
         train_ids, _ = orl.split_identities(cfg.data.test_identities, cfg.data.split_seed)
         return orl.load_orl(train_ids, aligned=source == "orl")
-    from ppfr.data.open import open_source
-
     data = open_source(cfg.data.source)
     if not isinstance(data, FaceDataset):
-        raise ppfr.InputError(f"{cfg.data.source}: a verification pack cannot be trained on")
+        raise InputError(f"{cfg.data.source}: a verification pack cannot be trained on")
     return data
+
+
+@dataclass
+class _EpochTotals:
+    """What an epoch adds up: steps, images (over all ranks) and the sum of each loss term."""
+
+    start: float
+    steps: int = 0
+    seen: int = 0
+    sums: dict[str, float] = field(default_factory=dict)
+
+    def add(self, images: int, logs: dict[str, float]) -> None:
+        self.steps += 1
+        self.seen += images
+        for k, v in logs.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+
+    def images_per_s(self) -> float:
+        return self.seen / max(time.perf_counter() - self.start, 1e-9)
+
+
+def _metrics_row(stage: str, epoch: int, lr: float, totals: _EpochTotals) -> dict:
+    """The ``metrics.csv`` row of an epoch: its rate and the mean of each loss term."""
+    return {
+        "stage": stage,
+        "epoch": epoch + 1,
+        "steps": totals.steps,
+        "lr": lr,
+        "images_per_s": totals.images_per_s(),
+        **{k: v / max(totals.steps, 1) for k, v in totals.sums.items()},
+    }
+
+
+def _train_step(
+    step_module: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    autocast: AbstractContextManager,
+    scaler: torch.amp.GradScaler | None,
+    x: torch.Tensor,
+    y: torch.Tensor,
+) -> tuple[torch.Tensor, dict]:
+    """One optimizer step on a batch; returns the loss and the stage's logged terms."""
+    with autocast:
+        loss, logs = step_module(x, y)
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+    return loss, logs
 
 
 class Trainer:
@@ -107,7 +161,7 @@ class Trainer:
     def __init__(
         self, cfg: TrainConfig, dataset: FaceDataset | None = None, progress: bool = True
     ) -> None:
-        ppfr.tune_allocator()  # reuse freed step buffers instead of faulting in fresh pages
+        tune_allocator()  # reuse freed step buffers instead of faulting in fresh pages
         self.cfg = cfg
         self.dist = _setup_distributed(_device_type(cfg.device))
         self.device = _resolve_device(cfg.device, self.dist)
@@ -117,7 +171,7 @@ class Trainer:
         self.progress = progress and self.dist.main
         self.dataset = dataset if dataset is not None else training_data(cfg)
         torch.manual_seed(_derive_seed(cfg.seed, "init"))  # same initial weights on every rank
-        self.model: Method = ppfr.create(
+        self.model: Method = create(
             cfg.method, num_classes=self.dataset.num_classes, **cfg.model
         ).to(self.device)
         self.history: list[dict] = []
@@ -218,19 +272,10 @@ class Trainer:
         return self.model.eval()
 
     def _run_stage(self, si: int, stage: Stage, first_epoch: int, state: dict | None) -> None:
-        cfg = self.cfg
-        epochs, milestones, lr = cfg.stage(stage.name)
+        epochs, milestones, lr = self.cfg.stage(stage.name)
         for m in stage.frozen:
             m.requires_grad_(False)
-        groups = [
-            {"params": g["params"], "lr": lr * g["lr_scale"]}
-            | ({"weight_decay": g["weight_decay"]} if "weight_decay" in g else {})
-            for g in stage.param_groups
-        ]
-        optimizer = torch.optim.SGD(
-            groups, lr=lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay
-        )
-        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, cfg.optim.gamma)
+        optimizer, scheduler = self._optimizer(stage, lr, milestones)
         autocast, scaler = self._amp()
         if state is not None:
             optimizer.load_state_dict(state["optimizer"])
@@ -241,56 +286,11 @@ class Trainer:
         if self.dist.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             step_module = DistributedDataParallel(stage.module, device_ids=ids)
+        step = partial(_train_step, step_module, optimizer, autocast, scaler)
         for epoch in range(first_epoch, epochs):
-            torch.manual_seed(_derive_seed(cfg.seed, si, epoch, self.dist.rank))
-            stage.module.train()
-            for m in stage.frozen:
-                m.eval()
-            t0, seen, sums, steps = time.perf_counter(), 0, {}, 0
-            loaders = [self._loader(si, epoch, rep) for rep in range(stage.repeats)]
-            total = sum(len(dl) for dl in loaders)
-            bar = tqdm(
-                total=total,
-                desc=f"{self.model.name} {stage.name} {epoch + 1}/{epochs}",
-                disable=not self.progress,
-                leave=False,
-                dynamic_ncols=True,
-            )
-            for loader in loaders:
-                for x, y in loader:
-                    x = x.to(self.device, non_blocking=True)
-                    y = y.to(self.device, non_blocking=True)
-                    if cfg.data.flip:  # horizontal flip augmentation, half the batch
-                        flip = torch.rand(len(x), device=x.device) < 0.5
-                        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-                    with autocast:
-                        loss, logs = step_module(x, y)
-                    optimizer.zero_grad(set_to_none=True)
-                    if scaler is not None:
-                        scaler.scale(loss).backward()
-                        scaler.step(optimizer)
-                        scaler.update()
-                    else:
-                        loss.backward()
-                        optimizer.step()
-                    steps += 1
-                    seen += len(x) * self.dist.world
-                    value = float(loss.detach())  # one device sync per step
-                    for k, v in {"loss": value, **logs}.items():
-                        sums[k] = sums.get(k, 0.0) + v
-                    rate = seen / max(time.perf_counter() - t0, 1e-9)
-                    bar.set_postfix(loss=f"{value:.3f}", img_s=f"{rate:.1f}")
-                    bar.update()
-            bar.close()
+            totals = self._run_epoch(si, stage, epoch, epochs, step)
             scheduler.step()
-            row = {
-                "stage": stage.name,
-                "epoch": epoch + 1,
-                "steps": steps,
-                "lr": optimizer.param_groups[-1]["lr"],
-                "images_per_s": seen / max(time.perf_counter() - t0, 1e-9),
-                **{k: v / max(steps, 1) for k, v in sums.items()},
-            }
+            row = _metrics_row(stage.name, epoch, optimizer.param_groups[-1]["lr"], totals)
             self.history.append(row)
             self._log(row)
             # the checkpoint names what runs next: this stage's next epoch, or the next stage
@@ -298,6 +298,61 @@ class Trainer:
             self._save_checkpoint(next_stage, next_epoch, optimizer, scheduler, scaler)
         for m in stage.frozen:
             m.requires_grad_(True)
+
+    def _optimizer(self, stage: Stage, lr: float, milestones: list[int]):
+        """SGD over the stage's parameter groups and its step schedule."""
+        optim = self.cfg.optim
+        groups = [
+            {"params": g["params"], "lr": lr * g["lr_scale"]}
+            | ({"weight_decay": g["weight_decay"]} if "weight_decay" in g else {})
+            for g in stage.param_groups
+        ]
+        optimizer = torch.optim.SGD(
+            groups, lr=lr, momentum=optim.momentum, weight_decay=optim.weight_decay
+        )
+        return optimizer, torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, optim.gamma)
+
+    def _run_epoch(
+        self,
+        si: int,
+        stage: Stage,
+        epoch: int,
+        epochs: int,
+        step: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict]],
+    ) -> _EpochTotals:
+        """One pass over the stage's data, ``stage.repeats`` loaders long."""
+        torch.manual_seed(_derive_seed(self.cfg.seed, si, epoch, self.dist.rank))
+        stage.module.train()
+        for m in stage.frozen:
+            m.eval()
+        totals = _EpochTotals(start=time.perf_counter())
+        loaders = [self._loader(si, epoch, rep) for rep in range(stage.repeats)]
+        bar = tqdm(
+            total=sum(len(dl) for dl in loaders),
+            desc=f"{self.model.name} {stage.name} {epoch + 1}/{epochs}",
+            disable=not self.progress,
+            leave=False,
+            dynamic_ncols=True,
+        )
+        for loader in loaders:
+            for x, y in loader:
+                x, y = self._batch(x, y)
+                loss, logs = step(x, y)
+                value = float(loss.detach())  # one device sync per step
+                totals.add(len(x) * self.dist.world, {"loss": value, **logs})
+                bar.set_postfix(loss=f"{value:.3f}", img_s=f"{totals.images_per_s():.1f}")
+                bar.update()
+        bar.close()
+        return totals
+
+    def _batch(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch on the device, half of it mirrored when ``data.flip`` is on."""
+        x = x.to(self.device, non_blocking=True)
+        y = y.to(self.device, non_blocking=True)
+        if self.cfg.data.flip:
+            flip = torch.rand(len(x), device=x.device) < 0.5
+            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        return x, y
 
     def _log(self, row: dict) -> None:
         if not self.dist.main:
