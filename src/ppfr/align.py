@@ -519,35 +519,3 @@ def align_tree(
     report.seconds = round(time.perf_counter() - start, 3)
     (dst_p / REPORT_NAME).write_text(json.dumps(report.to_dict(), indent=2))
     return report
-
-
-def aligned_orl() -> tuple[np.ndarray, np.ndarray]:
-    """All 400 ORL faces aligned with YuNet: (faces uint8 (400, 112, 112, 3), labels).
-
-    Labels are 0..39 for subjects s1..s40, ten images each, in file order. Aligned once
-    per process (a few seconds), then served as fresh copies.
-
-    >>> faces, labels = aligned_orl()  # doctest: +SKIP
-    >>> faces.shape, labels[:3]        # doctest: +SKIP
-    ((400, 112, 112, 3), array([0, 0, 0]))
-    """
-    faces, labels = _aligned_orl_cached()
-    return faces.copy(), labels.copy()
-
-
-@functools.lru_cache(maxsize=1)
-def _aligned_orl_cached() -> tuple[np.ndarray, np.ndarray]:
-    from ppfr.data.orl import IMAGES_PER_IDENTITY, NUM_IDENTITIES, orl_root
-
-    root = orl_root()
-    det = default_detector()
-    faces, labels = [], []
-    for subject in range(1, NUM_IDENTITIES + 1):
-        for k in range(1, IMAGES_PER_IDENTITY + 1):
-            path = root / f"s{subject}" / f"{k}.pgm"
-            res = align_image(read_image(path), det)
-            if res.face is None:
-                raise DataError(f"{path}: YuNet found no face (expected one in every ORL image)")
-            faces.append(res.face)
-            labels.append(subject - 1)
-    return np.stack(faces), np.asarray(labels, dtype=np.int64)
