@@ -16,7 +16,7 @@ import pytest
 import ppfr
 from ppfr.errors import DataError, InputError
 from ppfr.serve import GalleryStats, open_store
-from ppfr.serve._sqlite import keys_path
+from ppfr.serve.store._sqlite import keys_path
 
 DIM = 16
 
@@ -326,7 +326,7 @@ def test_enroll_many_is_one_transaction(store):
 
 
 def test_missing_postgres_binaries_say_how_to_install(monkeypatch):
-    from ppfr.serve import _pgserver
+    from ppfr.serve.store import _pgserver
 
     monkeypatch.setattr(_pgserver, "find_bindir", lambda: None)
     with pytest.raises(_pgserver.PostgresUnavailable, match="apt-get install postgresql-15"):
