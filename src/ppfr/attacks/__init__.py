@@ -1,8 +1,8 @@
 """Privacy attacks on protected representations, looked up by name.
 
 An attack takes a model (a registered method) and faces with their identities, and scores
-how much of the face the method's protected representation gives away (brief, section 4):
-SSIM and PSNR against the original, and identity leakage measured by the independent judge.
+how much of the face the method's protected representation gives away: SSIM and PSNR
+against the original, and identity leakage measured by the independent judge.
 The identity attacks (``linkage``, ``identity-recovery``) use a face recognizer of the
 attacker's own, never the judge (docs/privacy.md).
 
@@ -14,33 +14,7 @@ Example:
     >>> report = attack.run(model, faces, labels, seed=0)   # doctest: +SKIP
 """
 
-from __future__ import annotations
-
-from collections.abc import Callable
-from typing import Any
-
-from ppfr._registry import Registry
-
-ATTACKS: Registry[Any] = Registry("attack")
-
-
-def register_attack(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Decorator: register an attack class (or builder) under ``name``."""
-    return ATTACKS.register(name)
-
-
-def list_attacks() -> list[str]:
-    """Names of every registered attack."""
-    return ATTACKS.names()
-
-
-def create_attack(name: str, **config: Any) -> Any:
-    """Build a registered attack; unknown names raise :class:`~ppfr.errors.UnknownNameError`."""
-    return ATTACKS.build(name, **config)
-
-
-# register the built-in attacks
-from ppfr.attacks import (  # noqa: E402
+from ppfr.attacks import (
     adaptive,
     identity_recovery,
     linkage,
@@ -48,12 +22,13 @@ from ppfr.attacks import (  # noqa: E402
     template_inversion,
     viewing,
 )
-from ppfr.attacks.adaptive import AdaptiveAttack  # noqa: E402
-from ppfr.attacks.identity_recovery import IdentityRecoveryAttack  # noqa: E402
-from ppfr.attacks.linkage import LinkageAttack  # noqa: E402
-from ppfr.attacks.recovery import RecoveryAttack  # noqa: E402
-from ppfr.attacks.template_inversion import TemplateInversionAttack  # noqa: E402
-from ppfr.attacks.viewing import ViewingAttack  # noqa: E402
+from ppfr.attacks._registry import ATTACKS, create_attack, list_attacks, register_attack
+from ppfr.attacks.adaptive import AdaptiveAttack
+from ppfr.attacks.identity_recovery import IdentityRecoveryAttack
+from ppfr.attacks.linkage import LinkageAttack
+from ppfr.attacks.recovery import RecoveryAttack
+from ppfr.attacks.template_inversion import TemplateInversionAttack
+from ppfr.attacks.viewing import ViewingAttack
 
 __all__ = [
     "ATTACKS",
