@@ -15,15 +15,15 @@ the image's left, so YuNet's order is already the template's "image-left first" 
 Steadier landmarks. YuNet's landmarks shift with the face's roll and size (several
 pixels at 30 degrees). :func:`align_image` therefore refines them: it warps the face
 upright at a fixed scale, detects again and maps the points back (two passes by default,
-see :func:`refine_landmarks`). This costs ~9 ms per image instead of ~0.5 ms on ORL.
+see :func:`refine_landmarks`), at the cost of a warp and a detection per pass.
 
 Small or tightly cropped faces. YuNet wants some context around a face and a face of at
 least ~10 px. :meth:`FaceDetector.detect` first runs on the image as given; if it finds
 nothing it retries once on a copy padded by a quarter of the longest side on every edge
 (edge pixels repeated) and enlarged so its longest side is at least
 ``FaceDetector.retry_min_side`` pixels, then maps boxes and landmarks back to the original
-coordinates. ORL's 92x112 faces are found on the first try (400/400); a 23x28 thumbnail
-of one is found by the retry.
+coordinates. Every ORL face (92x112) is found (:func:`ppfr.data.orl.aligned_orl` requires
+it); a 23x28 thumbnail of one is found by the retry (``tests/test_align.py``).
 
 Example:
     >>> from ppfr.align import align_image          # doctest: +SKIP
