@@ -366,7 +366,7 @@ def main() -> None:
             if args.postgres_url:
                 url = args.postgres_url
             else:
-                from ppfr.serve._pgserver import TempPostgres
+                from ppfr.serve.store._pgserver import TempPostgres
 
                 server = TempPostgres()
                 url = server.new_database

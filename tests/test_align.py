@@ -16,14 +16,13 @@ from ppfr.align import (
     FaceDetector,
     align_image,
     align_tree,
-    aligned_orl,
     estimate_similarity,
     refine_landmarks,
     transform_points,
     warp_face,
 )
 from ppfr.data.images import read_image, save_image
-from ppfr.data.orl import orl_root
+from ppfr.data.orl import aligned_orl, orl_root
 from ppfr.errors import InputError
 
 

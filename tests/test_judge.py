@@ -7,9 +7,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from ppfr.align import aligned_orl
 from ppfr.data.images import save_image, to_tensor
-from ppfr.data.orl import orl_image, orl_root
+from ppfr.data.orl import aligned_orl, orl_image, orl_root
 from ppfr.errors import InputError
 from ppfr.judge import (
     DEFAULT_THRESHOLD,

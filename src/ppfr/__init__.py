@@ -28,8 +28,8 @@ from ppfr.runtime import tune_allocator  # noqa: E402
 
 
 def __getattr__(name: str):
-    # lazy: the HTTP client (httpx) is only imported by those who use it
     if name == "Client":
+        # deferred: httpx (and the serving package) load only for those who use ppfr.Client
         from ppfr.serve.client import Client
 
         return Client

@@ -15,15 +15,15 @@ the image's left, so YuNet's order is already the template's "image-left first" 
 Steadier landmarks. YuNet's landmarks shift with the face's roll and size (several
 pixels at 30 degrees). :func:`align_image` therefore refines them: it warps the face
 upright at a fixed scale, detects again and maps the points back (two passes by default,
-see :func:`refine_landmarks`). This costs ~9 ms per image instead of ~0.5 ms on ORL.
+see :func:`refine_landmarks`), at the cost of a warp and a detection per pass.
 
 Small or tightly cropped faces. YuNet wants some context around a face and a face of at
 least ~10 px. :meth:`FaceDetector.detect` first runs on the image as given; if it finds
 nothing it retries once on a copy padded by a quarter of the longest side on every edge
 (edge pixels repeated) and enlarged so its longest side is at least
 ``FaceDetector.retry_min_side`` pixels, then maps boxes and landmarks back to the original
-coordinates. ORL's 92x112 faces are found on the first try (400/400); a 23x28 thumbnail
-of one is found by the retry.
+coordinates. Every ORL face (92x112) is found (:func:`ppfr.data.orl.aligned_orl` requires
+it); a 23x28 thumbnail of one is found by the retry (``tests/test_align.py``).
 
 Example:
     >>> from ppfr.align import align_image          # doctest: +SKIP
@@ -519,35 +519,3 @@ def align_tree(
     report.seconds = round(time.perf_counter() - start, 3)
     (dst_p / REPORT_NAME).write_text(json.dumps(report.to_dict(), indent=2))
     return report
-
-
-def aligned_orl() -> tuple[np.ndarray, np.ndarray]:
-    """All 400 ORL faces aligned with YuNet: (faces uint8 (400, 112, 112, 3), labels).
-
-    Labels are 0..39 for subjects s1..s40, ten images each, in file order. Aligned once
-    per process (a few seconds), then served as fresh copies.
-
-    >>> faces, labels = aligned_orl()  # doctest: +SKIP
-    >>> faces.shape, labels[:3]        # doctest: +SKIP
-    ((400, 112, 112, 3), array([0, 0, 0]))
-    """
-    faces, labels = _aligned_orl_cached()
-    return faces.copy(), labels.copy()
-
-
-@functools.lru_cache(maxsize=1)
-def _aligned_orl_cached() -> tuple[np.ndarray, np.ndarray]:
-    from ppfr.data.orl import IMAGES_PER_IDENTITY, NUM_IDENTITIES, orl_root
-
-    root = orl_root()
-    det = default_detector()
-    faces, labels = [], []
-    for subject in range(1, NUM_IDENTITIES + 1):
-        for k in range(1, IMAGES_PER_IDENTITY + 1):
-            path = root / f"s{subject}" / f"{k}.pgm"
-            res = align_image(read_image(path), det)
-            if res.face is None:
-                raise DataError(f"{path}: YuNet found no face (expected one in every ORL image)")
-            faces.append(res.face)
-            labels.append(subject - 1)
-    return np.stack(faces), np.asarray(labels, dtype=np.int64)

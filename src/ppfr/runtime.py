@@ -5,11 +5,10 @@ Why this exists. glibc's ``malloc`` serves every allocation above its mmap thres
 moment it is freed. ppfr's hot paths allocate such blocks on every step: a batch of 32
 faces in the frequency domain is 32 x 192 x 112 x 112 float32 = 308 MB, and a MinusFace
 training step makes several of them. Each fresh block is then faulted in page by page (4 KiB
-at a time), so a step pays for roughly a gigabyte of minor page faults in the kernel. On
-virtual machines where a fault is expensive that kernel (system) time rivalled the
-arithmetic itself: ``protect`` ran at about 100 ms/face with 42% of its CPU time in the
-kernel, against 62 ms/face and under 1% with the allocator tuned
-(``docs/benchmarks.md``, "Allocator").
+at a time), so a step pays for hundreds of megabytes of minor page faults in the kernel. On
+virtual machines, where a fault is expensive, that kernel (system) time rivals the
+arithmetic itself; the measurements, with and without the tuning, are in
+``docs/benchmarks.md`` ("Allocator").
 
 :func:`tune_allocator` keeps freed memory in the process instead: it turns off mmap for
 large blocks (``M_MMAP_MAX = 0``), so they come from the heap and are reused by the next

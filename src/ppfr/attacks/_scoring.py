@@ -1,8 +1,8 @@
 """Shared scoring of attack outputs: images that stand for faces, against the faces.
 
-Every attack ends the same way (brief, section 4): SSIM and PSNR of its image against the
-original face, the judge's identity leakage on balanced (attack image of A, original of B)
-pairs, and rank-1 identification of attack images against a gallery of originals.
+Every attack ends the same way: SSIM and PSNR of its image against the original face, the
+judge's identity leakage on balanced (attack image of A, original of B) pairs, and rank-1
+identification of attack images against a gallery of originals.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from torch import Tensor
 
 from ppfr.attacks.metrics import psnr_per_image, ssim_per_image, to_unit_range
 from ppfr.errors import InputError
+from ppfr.judge import get_judge
 from ppfr.methods.base import check_faces
 
 #: PSNR of an image identical to its face is infinite; reports cap it here to stay JSON-safe
@@ -42,8 +43,6 @@ def score_images(
     of each identity as probes, the originals of those first faces as the gallery).
     """
     if judge is None:
-        from ppfr.judge import get_judge
-
         judge = get_judge()
     images = images.detach().float().cpu().clamp(0.0, 1.0)
     ssim, psnr = _pixel_scores(images, faces)

@@ -36,13 +36,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ppfr.attacks import register_attack
 from ppfr.attacks._inversion import InversionAttack, inversion_input
 from ppfr.attacks._recognizer import (
     DEFAULT_RECOGNIZER_EPOCHS,
     AttackerRecognizer,
     attacker_recognizer,
 )
+from ppfr.attacks._registry import register_attack
 from ppfr.errors import InputError
 
 

@@ -48,16 +48,19 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ppfr.attacks import register_attack
 from ppfr.attacks._inversion import inversion_input
 from ppfr.attacks._recognizer import (
     DEFAULT_RECOGNIZER_EPOCHS,
     AttackerRecognizer,
     attacker_recognizer,
 )
+from ppfr.attacks._registry import register_attack
 from ppfr.attacks._scoring import check_labels, eval_mode, method_name
 from ppfr.errors import InputError
+from ppfr.eval.verification import roc_auc, tar_at_far
+from ppfr.judge import balanced_pairs, verification_accuracy
 from ppfr.methods.base import check_faces
+from ppfr.nets import create_backbone, list_backbones
 
 #: FARs at which the linkage TAR is reported; one the pairs cannot measure is None (n/a)
 LINKAGE_FARS = (1e-2, 1e-3, 1e-4)
@@ -106,8 +109,6 @@ class Student(nn.Module):
         net: nn.Module | None = None,
     ) -> None:
         super().__init__()
-        from ppfr.nets import create_backbone
-
         for name, value in (("mean", 0.0), ("std", 1.0), ("shift", 0.0), ("scale", 1.0)):
             self.register_buffer(name, torch.full((1, in_channels, 1, 1), value))
         self.net = net or create_backbone(
@@ -230,9 +231,6 @@ def linkage_scores(
         >>> s["auc"], s["rank1"], s["accuracy"]
         (1.0, 1.0, 1.0)
     """
-    from ppfr.eval.verification import roc_auc, tar_at_far
-    from ppfr.judge import balanced_pairs, verification_accuracy
-
     s = _unit_rows(linked, "linked embeddings")
     p = _unit_rows(photos, "photo embeddings")
     labels = np.asarray(labels).ravel()
@@ -337,8 +335,6 @@ class LinkageAttack:
             raise InputError(f"views must be at least 1, got {views}")
         if init not in ("recognizer", "scratch"):
             raise InputError(f"init must be 'recognizer' or 'scratch', got {init!r}")
-        from ppfr.nets import list_backbones
-
         if backbone not in list_backbones():
             raise InputError(
                 f"unknown student backbone {backbone!r}; known: {', '.join(list_backbones())}"

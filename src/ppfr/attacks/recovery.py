@@ -27,8 +27,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ppfr.attacks import register_attack
 from ppfr.attacks._inversion import InversionAttack, inversion_input
+from ppfr.attacks._registry import register_attack
 
 
 @register_attack("recovery")

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ppfr.attacks import register_attack
+from ppfr.attacks._registry import register_attack
 from ppfr.attacks._scoring import (
     check_labels,
     eval_mode,

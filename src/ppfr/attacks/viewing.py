@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ppfr.attacks import register_attack
+from ppfr.attacks._registry import register_attack
 from ppfr.attacks._scoring import (
     PSNR_CAP,
     check_labels,

@@ -26,7 +26,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ppfr.data import orl
 from ppfr.data.base import FaceDataset, VerificationPairs
+from ppfr.data.binpack import describe_bin, read_bin
+from ppfr.data.folder import ImageFolderFaces
+from ppfr.data.pairs import describe_pairs_txt, parse_pairs_txt, read_pairs_txt
+from ppfr.data.recordio import RecordIOFaces
 from ppfr.errors import DataError
 
 __all__ = ["describe_source", "detect_format", "open_source"]
@@ -67,8 +72,6 @@ def _rec_paths(p: Path) -> tuple[Path, Path | None]:
 def _pairs_root(pairs_path: Path, image_root: str | Path | None) -> Path:
     if image_root is not None:
         return Path(image_root)
-    from ppfr.data.pairs import parse_pairs_txt
-
     first = parse_pairs_txt(pairs_path)[0].first
     parent = pairs_path.parent
     for root in [parent, *sorted(d for d in parent.iterdir() if d.is_dir())]:
@@ -87,23 +90,13 @@ def open_source(
     fmt = detect_format(path)
     p = Path(path)
     if fmt == "orl":
-        from ppfr.data.orl import load_orl
-
-        return load_orl()
+        return orl.load_orl()
     if fmt == "folder":
-        from ppfr.data.folder import ImageFolderFaces
-
         return ImageFolderFaces(p)
     if fmt == "recordio":
-        from ppfr.data.recordio import RecordIOFaces
-
         return RecordIOFaces(*_rec_paths(p))
     if fmt == "bin":
-        from ppfr.data.binpack import read_bin
-
         return read_bin(p)
-    from ppfr.data.pairs import read_pairs_txt
-
     return read_pairs_txt(p, _pairs_root(p, image_root))
 
 
@@ -120,12 +113,8 @@ def describe_source(
     p = Path(path)
     info: dict[str, int | str]
     if fmt == "bin":
-        from ppfr.data.binpack import describe_bin
-
         info = dict(describe_bin(p))
     elif fmt == "pairs":
-        from ppfr.data.pairs import describe_pairs_txt
-
         root = _pairs_root(p, image_root)
         info = {**describe_pairs_txt(p, root), "image_root": str(root)}
     else:

@@ -7,20 +7,22 @@ How a 92x112 grayscale image becomes a ppfr face (3, 112, 112); the grey level i
 into R, G and B, then either
 
 - ``aligned=True`` (the default for training and the demo): YuNet finds the five landmarks
-  and the face is warped to the standard 112x112 template (:func:`ppfr.align.aligned_orl`),
-  the same convention as every aligned face dataset; or
+  and the face is warped to the standard 112x112 template (:func:`aligned_orl`), the same
+  convention as every aligned face dataset; or
 - ``aligned=False``: the 92-pixel width is padded to 112 by repeating the outermost column
   10 times on each side. Nothing is resampled; the face is centred but not aligned.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ppfr.align import align_image, default_detector
 from ppfr.data.base import TensorFaces
 from ppfr.data.images import FACE_SIZE, read_image, to_tensor
 from ppfr.errors import DataError
@@ -58,8 +60,6 @@ def load_orl(identities: list[int] | None = None, aligned: bool = False) -> Tens
     root = orl_root()
     ids = list(identities) if identities is not None else list(range(1, NUM_IDENTITIES + 1))
     if aligned:
-        from ppfr.align import aligned_orl
-
         all_faces, _ = aligned_orl()  # subject s, image k at index (s-1)*10 + k-1
     faces, labels = [], []
     for label, subject in enumerate(ids):
@@ -73,6 +73,36 @@ def load_orl(identities: list[int] | None = None, aligned: bool = False) -> Tens
             faces.append(to_tensor(img))
             labels.append(label)
     return TensorFaces(torch.stack(faces), labels, classes=[f"s{i}" for i in ids])
+
+
+def aligned_orl() -> tuple[np.ndarray, np.ndarray]:
+    """All 400 ORL faces aligned with YuNet: (faces uint8 (400, 112, 112, 3), labels).
+
+    Labels are 0..39 for subjects s1..s40, ten images each, in file order. Aligned once
+    per process (a few seconds), then served as fresh copies.
+
+    >>> faces, labels = aligned_orl()  # doctest: +SKIP
+    >>> faces.shape, labels[:3]        # doctest: +SKIP
+    ((400, 112, 112, 3), array([0, 0, 0]))
+    """
+    faces, labels = _aligned_orl_cached()
+    return faces.copy(), labels.copy()
+
+
+@functools.lru_cache(maxsize=1)
+def _aligned_orl_cached() -> tuple[np.ndarray, np.ndarray]:
+    root = orl_root()
+    det = default_detector()
+    faces, labels = [], []
+    for subject in range(1, NUM_IDENTITIES + 1):
+        for k in range(1, IMAGES_PER_IDENTITY + 1):
+            path = root / f"s{subject}" / f"{k}.pgm"
+            res = align_image(read_image(path), det)
+            if res.face is None:
+                raise DataError(f"{path}: YuNet found no face (expected one in every ORL image)")
+            faces.append(res.face)
+            labels.append(subject - 1)
+    return np.stack(faces), np.asarray(labels, dtype=np.int64)
 
 
 def split_identities(

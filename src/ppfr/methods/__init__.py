@@ -1,5 +1,8 @@
 """Registered methods and the model API: ``create``, ``list_methods``, ``load``.
 
+The registry lives in :mod:`ppfr.methods._registry`; importing this package registers the
+built-in methods (each module decorates its class with :func:`register_method`).
+
 Example:
     >>> import ppfr
     >>> model = ppfr.create("minusface", backbone_width=0.125, generator_width=4)
@@ -8,83 +11,14 @@ Example:
     (torch.Size([2, 3, 112, 112]), torch.Size([2, 512]))
 """
 
-from __future__ import annotations
-
-import dataclasses
-import os
-from pathlib import Path
-from typing import Any
-
-from ppfr._registry import Registry
-from ppfr.errors import InputError
-from ppfr.methods.base import (
-    PARTS,
-    Method,
-    Stage,
-    read_manifest,
+from ppfr.methods import arcface, dctdp, duetface, minusface, partialface  # noqa: F401
+from ppfr.methods._registry import (
+    METHODS,
+    create,
+    list_methods,
+    load,
+    register_method,
 )
-
-METHODS: Registry[type[Method]] = Registry("method")
-
-
-def register_method(cls: type[Method]) -> type[Method]:
-    """Class decorator: register a :class:`Method` under ``cls.name``."""
-    METHODS.register(cls.name)(cls)
-    return cls
-
-
-def list_methods() -> list[str]:
-    """Names of every registered method."""
-    return METHODS.names()
-
-
-def make_config(method: str, **config: Any) -> Any:
-    cls = METHODS.get(method)
-    names = {f.name for f in dataclasses.fields(cls.Config)}
-    unknown = sorted(set(config) - names)
-    if unknown:
-        raise InputError(
-            f"unknown {cls.name} setting(s) {unknown}; valid settings: {', '.join(sorted(names))}"
-        )
-    return cls.Config(**config)
-
-
-def create(method: str, *, parts: tuple[str, ...] = PARTS, **config: Any) -> Method:
-    """Build a fresh (untrained) model of a registered method.
-
-    ``parts`` picks which of client, server and train to build; the training part needs
-    ``num_classes``, so without it only client and server are built.
-    """
-    cls = METHODS.get(method)
-    cfg = make_config(method, **config)
-    if "train" in parts and not getattr(cfg, "num_classes", 0):
-        parts = tuple(p for p in parts if p != "train")
-    return cls(cfg, parts=parts)
-
-
-def load(
-    directory: str | os.PathLike, part: str | None = None, map_location: str = "cpu"
-) -> Method:
-    """Load a bundle written by :meth:`Method.save`.
-
-    ``part`` is ``"client"``, ``"server"``, or None for every part the bundle holds.
-    The model is returned in eval mode.
-    """
-    directory = Path(directory)
-    manifest = read_manifest(directory)
-    available = [p for p in PARTS if p in manifest["parts"]]
-    if part is not None and part not in PARTS:
-        raise InputError(f"part must be one of {PARTS}, got {part!r}")
-    wanted = [part] if part else available
-    cls = METHODS.get(manifest["method"])
-    config = make_config(cls.name, **manifest.get("config", {}))
-    model = cls(config, parts=tuple(wanted))
-    model.load_weights(directory, wanted, manifest)
-    model.manifest = manifest
-    return model.to(map_location).eval()
-
-
-# register the built-in methods
-from ppfr.methods import arcface, dctdp, duetface, minusface, partialface  # noqa: E402, F401
+from ppfr.methods.base import Method, Stage
 
 __all__ = ["METHODS", "Method", "Stage", "create", "list_methods", "load", "register_method"]

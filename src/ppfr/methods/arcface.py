@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ppfr.methods import register_method
+from ppfr.methods._registry import register_method
 from ppfr.methods.base import (
     Method,
     RecognizerConfig,

@@ -46,7 +46,7 @@ from torch import Tensor, nn
 
 from ppfr import freq
 from ppfr.errors import InputError
-from ppfr.methods import register_method
+from ppfr.methods._registry import register_method
 from ppfr.methods.base import (
     Method,
     RecognizerConfig,

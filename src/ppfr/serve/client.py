@@ -31,7 +31,10 @@ import httpx
 import numpy as np
 import torch
 
+from ppfr.align import align_image, default_detector
+from ppfr.data.images import FACE_SIZE, read_image, to_tensor
 from ppfr.errors import InputError, PPFRError
+from ppfr.methods import load
 from ppfr.serve import wire
 
 ImageLike = str | os.PathLike | np.ndarray | torch.Tensor
@@ -84,8 +87,6 @@ class Client:
         self.model = None
         self.fingerprint: str | None = None
         if model is not None:
-            from ppfr.methods import load
-
             self.model = load(model, part="client")
             self.fingerprint = self.model.fingerprint("client")
         self._own_http = http is None
@@ -96,8 +97,6 @@ class Client:
     # ---- local work
     def faces(self, images: Sequence[ImageLike]) -> torch.Tensor:
         """Aligned faces ``(N, 3, 112, 112)`` in [-1, 1] from paths, arrays or tensors."""
-        from ppfr.data.images import FACE_SIZE, read_image, to_tensor
-
         if isinstance(images, str | os.PathLike | np.ndarray | torch.Tensor):
             images = [images]
         if not images:
@@ -112,8 +111,6 @@ class Client:
                 continue
             arr = read_image(Path(img)) if isinstance(img, str | os.PathLike) else img
             if self.align:
-                from ppfr.align import align_image, default_detector
-
                 self._detector = self._detector or default_detector()
                 res = align_image(arr, self._detector)
                 if res.face is None:

@@ -38,7 +38,7 @@ from __future__ import annotations
 import math
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,9 +46,7 @@ from torch import Tensor
 
 from ppfr.errors import InputError, UnknownNameError
 from ppfr.serve.store import GalleryMatrix, GalleryStore
-
-if TYPE_CHECKING:  # pragma: no cover - import only for annotations
-    from ppfr.slerpface import SlerpFace, SlerpFaceIndex
+from ppfr.slerpface import SlerpFace, SlerpFaceIndex
 
 __all__ = ["Matcher"]
 

@@ -121,6 +121,11 @@ class PostgresStore(GalleryStore):
             self._conn.close()
             raise
 
+    @classmethod
+    def from_url(cls, url: str) -> PostgresStore:
+        """Open the database at ``postgresql://user:pass@host:port/dbname``."""
+        return cls(url)
+
     def _connect(self):  # noqa: ANN202 - psycopg.Connection, imported lazily
         psycopg = self._psycopg
         try:

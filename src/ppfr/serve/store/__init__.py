@@ -6,10 +6,13 @@ mode: *protected* (every template comes with its SlerpFace key) or *plain* (no k
 
 Two backends implement :class:`GalleryStore` with the same semantics:
 
-- ``sqlite:///path/to/gallery.db`` (the default; :mod:`ppfr.serve._sqlite`): one
+- ``sqlite:///path/to/gallery.db`` (the default; :mod:`ppfr.serve.store._sqlite`): one
   database file plus a sibling key file, no server.
-- ``postgresql://user:pass@host:port/dbname`` (:mod:`ppfr.serve._postgres`): PostgreSQL
-  15 or newer through psycopg 3; the schema is created on first open.
+- ``postgresql://user:pass@host:port/dbname`` (:mod:`ppfr.serve.store._postgres`):
+  PostgreSQL 15 or newer through psycopg 3; the schema is created on first open.
+
+This module is the base both depend on: the interface, its records and the validation
+they share. It does not import them; :func:`open_store` loads the one a URL names.
 
 Guarantees, both backends:
 
@@ -29,6 +32,7 @@ Only hashes of API keys are stored; hashing is the caller's job (``ppfr.serve.au
 
 from __future__ import annotations
 
+import importlib
 import json
 import time
 from abc import ABC, abstractmethod
@@ -97,6 +101,11 @@ class GalleryMatrix:
 
 class GalleryStore(ABC):
     """Durable storage of galleries and API keys (see the module docstring for guarantees)."""
+
+    @classmethod
+    @abstractmethod
+    def from_url(cls, url: str) -> GalleryStore:
+        """Open (creating if needed) the store at ``url``, a URL of this backend's scheme."""
 
     # --- API keys ---------------------------------------------------------------------
     @abstractmethod
@@ -201,6 +210,15 @@ class GalleryStore(ABC):
         self.close()
 
 
+#: URL scheme -> (module, class) of its backend, imported by name on first use because
+#: every backend imports this base (and only the backend a URL names should be loaded)
+_BACKENDS: dict[str, tuple[str, str]] = {
+    "sqlite": ("ppfr.serve.store._sqlite", "SQLiteStore"),
+    "postgresql": ("ppfr.serve.store._postgres", "PostgresStore"),
+    "postgres": ("ppfr.serve.store._postgres", "PostgresStore"),
+}
+
+
 def open_store(url: str) -> GalleryStore:
     """Open (creating if needed) the gallery store at ``url``.
 
@@ -218,18 +236,16 @@ def open_store(url: str) -> GalleryStore:
             "postgresql://user:pass@host:port/dbname"
         )
     scheme = url.split("://", 1)[0].lower()
-    if scheme == "sqlite":
-        from ppfr.serve._sqlite import SQLiteStore
-
-        return SQLiteStore.from_url(url)
-    if scheme in ("postgresql", "postgres") or scheme.startswith("postgresql+"):
-        from ppfr.serve._postgres import PostgresStore
-
-        return PostgresStore(url)
-    raise InputError(
-        f"unknown gallery store URL scheme {scheme!r} in {url!r}; "
-        "supported: sqlite:///path.db, postgresql://user:pass@host:port/dbname"
-    )
+    if scheme.startswith("postgresql+"):  # SQLAlchemy-style driver suffix
+        scheme = "postgresql"
+    if scheme not in _BACKENDS:
+        raise InputError(
+            f"unknown gallery store URL scheme {scheme!r} in {url!r}; "
+            "supported: sqlite:///path.db, postgresql://user:pass@host:port/dbname"
+        )
+    module, name = _BACKENDS[scheme]
+    backend: type[GalleryStore] = getattr(importlib.import_module(module), name)
+    return backend.from_url(url)
 
 
 # --- helpers shared by the backends ------------------------------------------------------
