@@ -14,9 +14,9 @@ from torch import Tensor, nn
 from ppfr.methods import register_method
 from ppfr.methods.base import (
     Method,
+    Recognition,
     RecognizerConfig,
     RecognizerStep,
-    Recognition,
     Stage,
     build_head,
     build_recognizer,

@@ -196,7 +196,8 @@ class Method(nn.Module, metaclass=ABCMeta):
         """
 
     # ---- shared plumbing
-    def param_group(self, *sources: nn.Module | Tensor, lr_scale: float = 1.0, **options: Any
+    def param_group(
+        self, *sources: nn.Module | Tensor, lr_scale: float = 1.0, **options: Any
     ) -> dict[str, Any]:
         """One optimiser parameter group for a :class:`Stage`: the parameters of ``sources``
         (modules, or parameters themselves) in order, with ``lr_scale`` and any per-group

@@ -76,8 +76,8 @@ from ppfr.errors import InputError
 from ppfr.methods import register_method
 from ppfr.methods.base import (
     Method,
-    RecognizerConfig,
     Recognition,
+    RecognizerConfig,
     Stage,
     build_head,
     build_recognizer,

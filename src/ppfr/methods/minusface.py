@@ -49,9 +49,9 @@ from ppfr.errors import InputError
 from ppfr.methods import register_method
 from ppfr.methods.base import (
     Method,
+    Recognition,
     RecognizerConfig,
     RecognizerStep,
-    Recognition,
     Rescale,
     Stage,
     build_head,

@@ -64,9 +64,9 @@ from ppfr.errors import InputError
 from ppfr.methods import register_method
 from ppfr.methods.base import (
     Method,
+    Recognition,
     RecognizerConfig,
     RecognizerStep,
-    Recognition,
     Stage,
     build_head,
     build_recognizer,
