@@ -1,4 +1,4 @@
-r"""The block-DCT frequency transform ``e`` and its inverse ``d`` (brief, section 2).
+r"""The block-DCT frequency transform ``e`` and its inverse ``d`` (docs/design.md).
 
 ``encode`` maps aligned faces in [-1, 1] to 192 frequency channels:
 
@@ -196,7 +196,7 @@ def encode(x: Tensor, *, check_range: bool = True, out: Tensor | None = None) ->
         check_range: reject inputs outside [-1, 1] (with a small tolerance).
         out: optional preallocated (B, 192, 112, 112) result tensor (same dtype and device),
             for loops that encode batch after batch: reusing it saves the page faults of a
-            fresh ~10 MB-per-image allocation, about half the cost on CPU. Not differentiable.
+            fresh ~10 MB-per-image allocation (docs/benchmarks.md). Not differentiable.
 
     Shape:
         - x: :math:`(B, 3, 112, 112)`, float32 or float64

@@ -112,9 +112,9 @@ class Method(nn.Module, metaclass=ABCMeta):
         self.server: nn.Module | None = self.build_server() if "server" in parts else None
         self.train_part: nn.Module | None = self.build_train() if "train" in parts else None
         # channels-last weights make every convolution run channels-last (oneDNN's fast
-        # layout on CPU, tensor cores' on GPU): about 25% off a training step and off the
-        # U-Net client (docs/benchmarks.md). Bundles and fingerprints read weights in the
-        # standard layout (.contiguous()), so files do not depend on it.
+        # layout on CPU, tensor cores' on GPU; docs/benchmarks.md has the timings). Bundles
+        # and fingerprints read weights in the standard layout (.contiguous()), so files do
+        # not depend on it.
         self.to(memory_format=torch.channels_last)
 
     # ---- what each method defines
@@ -415,7 +415,8 @@ class Recognition(nn.ModuleDict):
     """
 
     def __init__(self, recognizer: nn.Module, input_scale: nn.Module | None = None) -> None:
-        super().__init__({"input": input_scale or nn.Identity(), "recognizer": recognizer})
+        scale = nn.Identity() if input_scale is None else input_scale
+        super().__init__({"input": scale, "recognizer": recognizer})
 
     def forward(self, p: Tensor) -> Tensor:
         return self["recognizer"](self["input"](p))

@@ -50,8 +50,8 @@ Our choices, where the paper and its public code leave them open or differ:
   suit them all.
 - **The total is exact.** The split and the noise scales :math:`b_i` are computed in
   float64 and the budgets renormalised to :math:`\bar\epsilon N`, so the stated total holds
-  to float64 precision whatever summation order the CPU's kernels pick (in float32 it moved
-  by 1e-3 between machines); :math:`b_i` is cast to the coefficients' dtype only when the
+  to float64 precision whatever summation order the CPU's kernels pick (in float32 it
+  does not: docs/determinism.md); :math:`b_i` is cast to the coefficients' dtype only when the
   noise is drawn.
 - **Scale.** The recognizer reads :math:`p_i / \Delta_i`: each channel divided by its
   sensitivity, so that at an even split the noise is :math:`\mathrm{Laplace}(1/\bar\epsilon)`
@@ -160,8 +160,8 @@ class DCTDPClient(nn.Module):
         The total eps_mean * N is the privacy guarantee, so it holds by construction, not
         to a tolerance: the split is computed in float64 and renormalised to the total. In
         float32 the softmax's normaliser is a sum of 2.4M terms whose rounding depends on the
-        summation order PyTorch's kernels pick for the CPU (measured: totals off by 1e-3 on
-        one AVX2 machine); in float64 the sum is the total to ~1e-15 relative on any kernels.
+        summation order PyTorch's kernels pick for the CPU (docs/determinism.md); in float64
+        the sum is the total to ~1e-15 relative on any kernels.
         """
         with torch.autocast(self.rho.device.type, enabled=False):
             logits = self.rho.double().clamp(-self.bound, self.bound).flatten()

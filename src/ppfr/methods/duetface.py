@@ -57,8 +57,8 @@ and saved with it. The public code also passes :math:`s_i` through a sigmoid bef
 overlay and min-max normalises again after the region crop; we apply
 :math:`s + s \odot m \cdot w` as the paper writes it. Our choices: :math:`\kappa_l = 128`
 (as MinusFace; the low channels reach ~1000) and :math:`\kappa_h = 0.25` (the high channels
-of 112-pixel faces upsampled x8 are small: standard deviation ~0.18 on ORL), so both
-networks see inputs of order one.
+of 112-pixel faces upsampled x8 are small, a fraction of one), so both networks see
+inputs of order one.
 """
 
 from __future__ import annotations

@@ -31,9 +31,9 @@ The generator is parameterised as :math:`g(x) = x + U(x)` with the U-Net :math:`
 layer initialised small (``generator_skip``): the same function class as a plain U-Net, but
 training starts from a near-perfect regeneration and a near-zero residue, and the identity
 loss has to *put* identity into the residue, rather than the pixel loss having to take the
-face out of it. With a plain U-Net and a CPU-sized budget, the regeneration stays poor
-(pixel L1 about 0.2), the residue keeps the face's low frequencies, and the recovery attack
-reconstructs faces from :math:`X_p` (docs/results.md).
+face out of it. With a plain U-Net and a CPU-sized budget, the regeneration stays poor,
+the residue keeps the face's low frequencies, and the recovery attack reconstructs faces
+from :math:`X_p` (docs/results.md).
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ SKIP_INIT_SCALE = 0.01
 class MinusFaceConfig(RecognizerConfig):
     generator: str = "unet"
     #: U-Net base width: 64 is the public code's 64..1024 network; 16 (16..256) is our
-    #: default, the widest that protects in under 35 ms/face on a 2-core CPU
+    #: default, sized for protecting on a small CPU (docs/benchmarks.md)
     generator_width: int = 16
     #: n: independent shuffles the client stacks into one representation (3n channels)
     shuffles: int = 1

@@ -32,12 +32,12 @@ Our choices, where the paper leaves them open:
   flip-symmetrised image :math:`X + \mathrm{flip}(X)` rounded to 8-bit steps (exact in
   float arithmetic, so identical on every device, and the same for a face and its mirror
   image, which the trainer's flip augmentation produces).
-- *Permutations.* The paper sets ``n = 6``; the brief and the public code fix the 3 in
-  :data:`PERMUTATIONS`.
+- *Permutations.* The paper sets ``n = 6``; we follow the public code, which fixes the 3
+  in :data:`PERMUTATIONS`.
 - *Augmentation.* The paper's :math:`r = 18` (the public config says 3 and never reads it).
   It multiplies the cost of an epoch by 18: lower it with ``train_repeats`` for small runs.
-- *Scale.* The kept channels' magnitudes differ by three orders (root mean square from
-  about 5 for the lowest kept frequencies to 0.002 for the highest on aligned faces), and
+- *Scale.* The kept channels' magnitudes differ by orders (the lowest kept frequencies
+  carry far more of a face's energy than the highest), and
   a random rank puts any of them in any input slot, so a recognizer fed raw coefficients
   sees mostly the largest channel of each subset. The client therefore divides every
   channel by a fixed per-channel scale before sending: its root mean square over the
@@ -75,7 +75,7 @@ from ppfr.methods.base import (
 
 #: channels of one colour plane dropped as low frequency: u + v <= 3
 LOW_FREQUENCY = tuple(freq.low_frequency_channels(3, colours=(0,)))
-#: the fixed partition of the 54 kept channels of a colour plane (brief section 3)
+#: the fixed partition of the 54 kept channels of a colour plane
 SUBSETS: tuple[tuple[int, ...], ...] = (
     (5, 34, 38, 21, 42, 55, 57, 50, 62),
     (45, 49, 54, 52, 19, 11, 47, 41, 63),
