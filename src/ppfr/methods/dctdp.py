@@ -33,8 +33,9 @@ Our choices, where the paper and its public code leave them open or differ:
   few thousand faces would be noisy, and the learned split already adapts per element.
   Before ``prepare`` the sensitivity is the worst case over all images (each plane spans
   255 levels, so an AC coefficient spans at most :math:`255 \sum_a |D_{ua}| \sum_b
-  |D_{vb}|`), a valid but far larger bound. It lives in a buffer of the client part, so
-  bundles and checkpoints carry it and a resumed run does not estimate it again.
+  |D_{vb}|`: :func:`ppfr.freq.coefficient_range`), a valid but far larger bound. It
+  lives in a buffer of the client part, so bundles and checkpoints carry it and a resumed
+  run does not estimate it again.
 - **Noise per image.** The public code draws one noise map per batch; ours draws
   independent noise for every image (a shared draw would let a batch's images be
   subtracted from each other).
