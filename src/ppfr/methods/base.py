@@ -293,9 +293,8 @@ class Method(nn.Module, metaclass=ABCMeta):
 
 
 def _version() -> str:
-    # deferred: ppfr/__init__.py imports this module, so the package's version is read
-    # when a bundle is saved, not at import
-    from ppfr import __version__
+    # ppfr/__init__.py imports this module, so the version is read when a bundle is saved
+    from ppfr import __version__  # deferred: ppfr/__init__.py is still loading at import
 
     return __version__
 

@@ -129,11 +129,10 @@ class DuetFaceConfig(RecognizerConfig):
 # --------------------------------------------------------------------------- face region
 @cache
 def _region_cpu(margin: float) -> Tensor:
-    # deferred: OpenCV (imported by ppfr.align too) takes about 0.4 s to load and only
-    # this mask, built once, needs it
-    import cv2
+    # OpenCV is slow to load and only this mask, built once, needs it
+    import cv2  # deferred: OpenCV
 
-    from ppfr.align import TEMPLATE
+    from ppfr.align import TEMPLATE  # deferred: ppfr.align imports OpenCV
 
     size = freq.SIZE
     hull = cv2.convexHull(TEMPLATE.astype(np.float32))[:, 0]
