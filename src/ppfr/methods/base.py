@@ -293,8 +293,8 @@ class Method(nn.Module, metaclass=ABCMeta):
 
 
 def _version() -> str:
-    # ppfr/__init__.py imports this module, so the version is read when a bundle is saved
-    from ppfr import __version__  # deferred: ppfr/__init__.py is still loading at import
+    # read when a bundle is saved: at module level it would close an import cycle
+    from ppfr import __version__  # deferred: ppfr/__init__.py imports this module
 
     return __version__
 
