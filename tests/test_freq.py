@@ -161,3 +161,55 @@ def test_first_use_under_inference_mode_does_not_break_autograd():
     y = x.clone().requires_grad_()
     freq.decode(freq.encode(y)).sum().backward()
     assert y.grad is not None and torch.isfinite(y.grad).all()
+
+
+# ---- coefficient statistics
+
+
+def test_coefficient_range_is_the_worst_case():
+    d = _dct8(torch.float64)
+    channels = [0, 1, 9, 63, 64 + 17, 128 + 40]
+    expected = [
+        255 * float(torch.outer(d[u], d[v]).abs().sum()) for u, v in map(freq.channel_uv, channels)
+    ]
+    assert torch.allclose(
+        freq.coefficient_range(channels), torch.tensor(expected, dtype=torch.float64)
+    )
+    # an AC coefficient is centred: no face, random or extreme, exceeds half its range
+    bound = freq.coefficient_range(range(freq.NUM_CHANNELS)) / 2
+    ac = torch.tensor([c % 64 != 0 for c in range(freq.NUM_CHANNELS)])
+    gen = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.rand(4, 3, 112, 112, generator=gen) * 2 - 1, torch.ones(1, 3, 112, 112)])
+    x = torch.cat([x, torch.sign(torch.randn(3, 3, 112, 112, generator=gen))])
+    peak = freq.encode(x.double()).abs().amax((0, 2, 3))
+    assert (peak[ac] <= bound[ac] * (1 + 1e-9)).all()
+
+
+class _Faces:
+    def __init__(self, n):
+        self.x = torch.rand(n, 3, 112, 112, generator=torch.Generator().manual_seed(1)) * 2 - 1
+
+    def __len__(self):
+        return len(self.x)
+
+    def stack(self, idx):
+        return self.x[idx].numpy()
+
+
+def test_sample_coefficients_encodes_a_random_sample_in_batches():
+    data = _Faces(7)
+    gen = torch.Generator().manual_seed(3)
+    seen = []
+    batches = list(
+        freq.sample_coefficients(
+            data, 5, generator=gen, batch_size=2, check=lambda x: seen.append(len(x)) or x
+        )
+    )
+    assert [len(b) for b in batches] == [2, 2, 1] and seen == [2, 2, 1]
+    order = torch.randperm(7, generator=torch.Generator().manual_seed(3))[:5]
+    assert torch.equal(torch.cat(batches), freq.encode(data.x[order]))
+    # only the permutation was drawn: the caller's next draws continue from there
+    ref = torch.Generator().manual_seed(3)
+    torch.randperm(7, generator=ref)
+    assert torch.equal(torch.rand(3, generator=gen), torch.rand(3, generator=ref))
+    assert sum(len(b) for b in freq.sample_coefficients(data, 100)) == 7

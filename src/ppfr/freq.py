@@ -1,4 +1,4 @@
-r"""The block-DCT frequency transform ``e`` and its inverse ``d`` (brief, section 2).
+r"""The block-DCT frequency transform ``e`` and its inverse ``d`` (docs/design.md).
 
 ``encode`` maps aligned faces in [-1, 1] to 192 frequency channels:
 
@@ -34,7 +34,9 @@ the coefficients once (and the same along columns). ``encode`` costs a few passe
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator, Sequence
 from functools import cache, lru_cache
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -194,7 +196,7 @@ def encode(x: Tensor, *, check_range: bool = True, out: Tensor | None = None) ->
         check_range: reject inputs outside [-1, 1] (with a small tolerance).
         out: optional preallocated (B, 192, 112, 112) result tensor (same dtype and device),
             for loops that encode batch after batch: reusing it saves the page faults of a
-            fresh ~10 MB-per-image allocation, about half the cost on CPU. Not differentiable.
+            fresh ~10 MB-per-image allocation (docs/benchmarks.md). Not differentiable.
 
     Shape:
         - x: :math:`(B, 3, 112, 112)`, float32 or float64
@@ -286,6 +288,62 @@ def decode(f: Tensor) -> Tensor:
         y = y - b["rgb_shift"].view(1, 3, 1, 1)
         rgb = torch.einsum("oc,bchw->bohw", b["rgb_w"], y)
     return rgb.clamp(0.0, 1.0)
+
+
+# --------------------------------------------------------------------------- coefficient statistics
+def coefficient_range(channels: Sequence[int]) -> Tensor:
+    r"""The widest range any two images can give each channel's coefficients, float64.
+
+    Every colour plane spans 255 levels before the transform (Y in [0, 255], Cb and Cr in
+    [-127.5, 127.5]; bilinear upsampling keeps values within the range of its inputs), and
+    a coefficient is a weighted sum of one block's values with the weights
+    :math:`D_{ua} D_{vb}`, so its range is at most
+
+    .. math:: 255 \sum_a |D_{ua}| \sum_b |D_{vb}|.
+
+    An AC coefficient's weights sum to zero, so it is centred: :math:`|x_i|` is at most half
+    that range. DCTDP's worst-case sensitivity is this range; PartialFace's coefficient
+    bound is half of it.
+
+    Shape:
+        - channels: :math:`(C,)` indices into the 192 channels; output: :math:`(C,)`
+
+    Example:
+        >>> round(float(coefficient_range([0])[0]), 6)  # DC: 255 * sqrt(8) * sqrt(8)
+        2040.0
+    """
+    row_sums = dct_matrix().abs().sum(1)
+    uv = torch.tensor([channel_uv(c) for c in channels], dtype=torch.long).view(-1, 2)
+    return 255.0 * (row_sums[uv[:, 0]] * row_sums[uv[:, 1]])
+
+
+def sample_coefficients(
+    dataset: Any,
+    images: int,
+    *,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+    batch_size: int = 32,
+    check: Callable[[Tensor], Tensor] | None = None,
+) -> Iterator[Tensor]:
+    r"""The 192 channels of a random sample of a dataset's faces, one batch at a time.
+
+    Draws ``min(len(dataset), images)`` distinct faces with ``torch.randperm`` on
+    ``generator`` (before anything else, so a caller may draw more from ``generator``
+    between batches), reads them ``batch_size`` at a time with ``dataset.stack`` as
+    float32 on ``device``, passes them through ``check`` (a face validator) and encodes
+    them with :func:`encode`. What methods estimate from training data (DCTDP's
+    sensitivities, PartialFace's channel scales) is a statistic over these batches.
+
+    Shape:
+        - output: batches :math:`(B, 192, 112, 112)`, :math:`B \le` ``batch_size``
+    """
+    n = len(dataset)
+    order = torch.randperm(n, generator=generator)[: min(n, images)]
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size].tolist()
+        x = torch.as_tensor(dataset.stack(idx)).to(device, torch.float32)
+        yield encode(check(x) if check is not None else x)
 
 
 class Encode(nn.Module):

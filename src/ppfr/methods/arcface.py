@@ -9,24 +9,30 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ppfr.methods._registry import register_method
 from ppfr.methods.base import (
     Method,
+    Recognition,
     RecognizerConfig,
     RecognizerStep,
     Stage,
     build_head,
     build_recognizer,
-    check_faces,
 )
 
 
 @dataclass
 class ArcFaceConfig(RecognizerConfig):
     pass
+
+
+class FaceAsIs(nn.Module):
+    """The client of no protection: it sends the face itself (and holds no weights)."""
+
+    def protect(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        return x
 
 
 @register_method
@@ -36,10 +42,10 @@ class ArcFace(Method):
     representation_range = (-1.0, 1.0)
 
     def build_client(self) -> nn.Module:
-        return nn.Module()  # nothing runs on the device
+        return FaceAsIs()
 
     def build_server(self) -> nn.Module:
-        return nn.ModuleDict({"recognizer": build_recognizer(self.config, 3)})
+        return Recognition(build_recognizer(self.config, 3))
 
     def build_train(self) -> nn.Module:
         return nn.ModuleDict({"head": build_head(self.config)})
@@ -48,17 +54,8 @@ class ArcFace(Method):
     def representation_shape(self) -> tuple[int, ...]:
         return (3, 112, 112)
 
-    def protect(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        self._part("client")  # same contract as every method: protecting is the client's job
-        return check_faces(x)
-
-    def embed(self, p: Tensor) -> Tensor:
-        p = self.check_representation(p)
-        return F.normalize(self._part("server")["recognizer"](p))
-
     def stages(self) -> list[Stage]:
-        recognizer = self._part("server")["recognizer"]
+        server = self._part("server")
         head = self._part("train")["head"]
-        step = RecognizerStep(nn.Identity(), recognizer, head)
-        params = list(recognizer.parameters()) + list(head.parameters())
-        return [Stage("recognizer", step, [{"params": params, "lr_scale": 1.0}])]
+        step = RecognizerStep(nn.Identity(), server, head)
+        return [Stage("recognizer", step, [self.param_group(server, head)])]

@@ -2,10 +2,12 @@
 
 A method is an :class:`nn.Module` split into three parts, each its own weights file:
 
-- ``client``: what runs on the user's device; :meth:`Method.protect` turns aligned faces
-  in [-1, 1] into the protected representation that leaves the device.
-- ``server``: what the recognition service runs; :meth:`Method.embed` turns a protected
-  representation into an L2-normalised template.
+- ``client``: what runs on the user's device; its ``protect(x, generator)`` turns aligned
+  faces in [-1, 1] into the protected representation that leaves the device
+  (:meth:`Method.protect` checks the faces and calls it).
+- ``server``: what the recognition service runs; called on a protected representation it
+  returns the recognizer's embedding, scaling its input first (:class:`Recognition`'s
+  ``input``), and :meth:`Method.embed` checks the representation and L2-normalises.
 - ``train``: what only training needs (margin heads, auxiliary recognizers). It rides in
   training checkpoints and never in a deployed bundle.
 
@@ -30,11 +32,13 @@ from typing import Any, ClassVar
 
 import tomli_w
 import torch
+import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from ppfr.errors import CheckpointError, InputError
+from ppfr.nets import create_backbone, create_head
 
 PARTS = ("client", "server", "train")
 BUNDLE_FORMAT = 1
@@ -100,14 +104,17 @@ class Method(nn.Module, metaclass=ABCMeta):
         if unknown:
             raise InputError(f"unknown part(s) {sorted(unknown)}; parts are {PARTS}")
         self.config = config
+        #: the manifest of the bundle this model was loaded from (``ppfr.load``); empty
+        #: for a model built in memory
+        self.manifest: dict[str, Any] = {}
         self.parts = tuple(p for p in PARTS if p in parts)
         self.client: nn.Module | None = self.build_client() if "client" in parts else None
         self.server: nn.Module | None = self.build_server() if "server" in parts else None
         self.train_part: nn.Module | None = self.build_train() if "train" in parts else None
         # channels-last weights make every convolution run channels-last (oneDNN's fast
-        # layout on CPU, tensor cores' on GPU): about 25% off a training step and off the
-        # U-Net client (docs/benchmarks.md). Bundles and fingerprints read weights in the
-        # standard layout (.contiguous()), so files do not depend on it.
+        # layout on CPU, tensor cores' on GPU; docs/benchmarks.md has the timings). Bundles
+        # and fingerprints read weights in the standard layout (.contiguous()), so files do
+        # not depend on it.
         self.to(memory_format=torch.channels_last)
 
     # ---- what each method defines
@@ -124,14 +131,6 @@ class Method(nn.Module, metaclass=ABCMeta):
         """Training-only modules (heads, auxiliary recognizers); needs ``num_classes``."""
 
     @abstractmethod
-    def protect(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Client side: faces (B, 3, 112, 112) in [-1, 1] -> protected representation."""
-
-    @abstractmethod
-    def embed(self, p: Tensor) -> Tensor:
-        """Server side: protected representation -> L2-normalised (B, D) templates."""
-
-    @abstractmethod
     def stages(self) -> list[Stage]:
         """Training stages, in order."""
 
@@ -140,9 +139,52 @@ class Method(nn.Module, metaclass=ABCMeta):
     def representation_shape(self) -> tuple[int, ...]:
         """Shape of one protected representation (what ``protect`` returns per face)."""
 
-    #: value range of the protected representation, checked by ``embed``; None where it
-    #: has no bound (DCTDP's Laplace noise): ``embed`` then checks only that it is finite
+    #: value range of the protected representation, checked by ``embed``. None means
+    #: unbounded (noise, scaled or raw coefficients): ``embed`` then checks only that
+    #: the values are finite
     representation_range: ClassVar[tuple[float, float] | None] = (0.0, 1.0)
+
+    # ---- the API: the parts do the work
+    def protect(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Client side: faces (B, 3, 112, 112) in [-1, 1] -> protected representation.
+
+        ``generator`` draws the per-image, per-call randomness of methods that have some.
+        """
+        return self._part("client").protect(check_faces(x), generator)
+
+    def embed(self, p: Tensor) -> Tensor:
+        """Server side: protected representation -> L2-normalised (B, D) templates."""
+        return F.normalize(self._part("server")(self.check_representation(p)))
+
+    def view(self, p: Tensor) -> Tensor:
+        """The representation as a picture: (N, 3, 112, 112) in [0, 1].
+
+        By default a representation of ``3n`` channels is ``n`` stacked images (ArcFace's
+        face, MinusFace's shuffles): the first, mapped from ``representation_range`` to
+        [0, 1]. Methods whose representation is no image override it (for example by
+        decoding their coefficients with :func:`ppfr.freq.decode`).
+        """
+        want = (3 * self.stacked_images, 112, 112)
+        if self.representation_range is None or tuple(self.representation_shape) != want:
+            raise InputError(
+                f"{self.name}: a representation of shape {tuple(self.representation_shape)} "
+                "is no image; the method needs its own view(p)"
+            )
+        lo, hi = self.representation_range
+        return ((p[:, :3].float() - lo) / (hi - lo)).clamp(0.0, 1.0)
+
+    @property
+    def stacked_images(self) -> int:
+        """How many 3-channel images a representation stacks (MinusFace: its shuffles)."""
+        return 1
+
+    def inversion_input(self, p: Tensor) -> Tensor:
+        """What a recovery attack's inverter reads: (N, C, 112, 112) maps (default: ``p``).
+
+        Methods whose representation is no stack of 112x112 maps (DuetFace's packed rows)
+        or that the server scales (DCTDP) override it.
+        """
+        return p
 
     def prepare(self, dataset: Any, *, generator: torch.Generator | None = None) -> None:
         """Fit what a method estimates from the training data before training (default: none).
@@ -154,6 +196,17 @@ class Method(nn.Module, metaclass=ABCMeta):
         """
 
     # ---- shared plumbing
+    def param_group(
+        self, *sources: nn.Module | Tensor, lr_scale: float = 1.0, **options: Any
+    ) -> dict[str, Any]:
+        """One optimiser parameter group for a :class:`Stage`: the parameters of ``sources``
+        (modules, or parameters themselves) in order, with ``lr_scale`` and any per-group
+        ``options`` (``weight_decay``)."""
+        params: list[Tensor] = []
+        for source in sources:
+            params += list(source.parameters()) if isinstance(source, nn.Module) else [source]
+        return {"params": params, "lr_scale": lr_scale, **options}
+
     def _part(self, part: str) -> nn.Module:
         module = {"client": self.client, "server": self.server, "train": self.train_part}[part]
         if module is None:
@@ -240,7 +293,8 @@ class Method(nn.Module, metaclass=ABCMeta):
 
 
 def _version() -> str:
-    from ppfr import __version__
+    # read when a bundle is saved: at module level it would close an import cycle
+    from ppfr import __version__  # deferred: ppfr/__init__.py imports this module
 
     return __version__
 
@@ -318,8 +372,6 @@ class RecognizerConfig:
 
 
 def build_recognizer(cfg: RecognizerConfig, in_channels: int) -> nn.Module:
-    from ppfr.nets import create_backbone
-
     return create_backbone(
         cfg.backbone,
         in_channels=in_channels,
@@ -330,9 +382,43 @@ def build_recognizer(cfg: RecognizerConfig, in_channels: int) -> nn.Module:
 
 
 def build_head(cfg: RecognizerConfig) -> nn.Module:
-    from ppfr.nets import create_head
-
     return create_head(cfg.head, embedding_size=cfg.embedding_size, num_classes=cfg.num_classes)
+
+
+class Rescale(nn.Module):
+    """A network's input scaling: ``(x - shift) / divisor`` (no weights).
+
+    Brings a representation to inputs of order one: MinusFace's X_p in [0, 1] to [-1, 1]
+    (``shift = divisor = 0.5``), DuetFace's high channels divided by ``high_coef_scale``.
+    """
+
+    def __init__(self, divisor: float = 1.0, shift: float = 0.0) -> None:
+        super().__init__()
+        self.divisor, self.shift = float(divisor), float(shift)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.shift:
+            x = x - self.shift
+        return x / self.divisor if self.divisor != 1.0 else x
+
+    def extra_repr(self) -> str:
+        return f"divisor={self.divisor:g}, shift={self.shift:g}"
+
+
+class Recognition(nn.ModuleDict):
+    """The server part of a method whose server is one recognizer: ``recognizer(input(p))``.
+
+    ``input`` is the scaling the recognizer was trained with (:class:`Rescale`, or a module
+    with weights of its own such as DCTDP's sensitivities; none: the representation as it
+    is). Keys ``input`` and ``recognizer`` name the weights in bundles.
+    """
+
+    def __init__(self, recognizer: nn.Module, input_scale: nn.Module | None = None) -> None:
+        scale = nn.Identity() if input_scale is None else input_scale
+        super().__init__({"input": scale, "recognizer": recognizer})
+
+    def forward(self, p: Tensor) -> Tensor:
+        return self["recognizer"](self["input"](p))
 
 
 class RecognizerStep(nn.Module):

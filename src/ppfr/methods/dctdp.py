@@ -33,8 +33,9 @@ Our choices, where the paper and its public code leave them open or differ:
   few thousand faces would be noisy, and the learned split already adapts per element.
   Before ``prepare`` the sensitivity is the worst case over all images (each plane spans
   255 levels, so an AC coefficient spans at most :math:`255 \sum_a |D_{ua}| \sum_b
-  |D_{vb}|`), a valid but far larger bound. It lives in a buffer of the client part, so
-  bundles and checkpoints carry it and a resumed run does not estimate it again.
+  |D_{vb}|`: :func:`ppfr.freq.coefficient_range`), a valid but far larger bound. It
+  lives in a buffer of the client part, so bundles and checkpoints carry it and a resumed
+  run does not estimate it again.
 - **Noise per image.** The public code draws one noise map per batch; ours draws
   independent noise for every image (a shared draw would let a batch's images be
   subtracted from each other).
@@ -50,8 +51,8 @@ Our choices, where the paper and its public code leave them open or differ:
   suit them all.
 - **The total is exact.** The split and the noise scales :math:`b_i` are computed in
   float64 and the budgets renormalised to :math:`\bar\epsilon N`, so the stated total holds
-  to float64 precision whatever summation order the CPU's kernels pick (in float32 it moved
-  by 1e-3 between machines); :math:`b_i` is cast to the coefficients' dtype only when the
+  to float64 precision whatever summation order the CPU's kernels pick (in float32 it
+  does not: docs/determinism.md); :math:`b_i` is cast to the coefficients' dtype only when the
   noise is drawn.
 - **Scale.** The recognizer reads :math:`p_i / \Delta_i`: each channel divided by its
   sensitivity, so that at an even split the noise is :math:`\mathrm{Laplace}(1/\bar\epsilon)`
@@ -69,7 +70,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ppfr import freq
@@ -77,6 +77,7 @@ from ppfr.errors import InputError
 from ppfr.methods._registry import register_method
 from ppfr.methods.base import (
     Method,
+    Recognition,
     RecognizerConfig,
     Stage,
     build_head,
@@ -94,11 +95,9 @@ MIN_SENSITIVITY = 1e-3
 
 
 def worst_case_sensitivity() -> Tensor:
-    """Per kept channel, the largest range any two images can give it: (189,) float32."""
-    row_sums = freq.dct_matrix().abs().sum(1)
-    return torch.tensor(
-        [255.0 * float(row_sums[u] * row_sums[v]) for u, v in map(freq.channel_uv, KEPT_CHANNELS)]
-    ).float()
+    """Per kept channel, the largest range any two images can give it: (189,) float32
+    (:func:`ppfr.freq.coefficient_range`)."""
+    return freq.coefficient_range(KEPT_CHANNELS).float()
 
 
 @dataclass
@@ -162,8 +161,8 @@ class DCTDPClient(nn.Module):
         The total eps_mean * N is the privacy guarantee, so it holds by construction, not
         to a tolerance: the split is computed in float64 and renormalised to the total. In
         float32 the softmax's normaliser is a sum of 2.4M terms whose rounding depends on the
-        summation order PyTorch's kernels pick for the CPU (measured: totals off by 1e-3 on
-        one AVX2 machine); in float64 the sum is the total to ~1e-15 relative on any kernels.
+        summation order PyTorch's kernels pick for the CPU (docs/determinism.md); in float64
+        the sum is the total to ~1e-15 relative on any kernels.
         """
         with torch.autocast(self.rho.device.type, enabled=False):
             logits = self.rho.double().clamp(-self.bound, self.bound).flatten()
@@ -183,6 +182,7 @@ class DCTDPClient(nn.Module):
         return b.to(dtype or self.rho.dtype)
 
     def protect(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """(B, 189, 112, 112): non-DC coefficients plus fresh Laplace noise per image and call."""
         c = self.coefficients(x)
         noise = laplace(tuple(c.shape), generator, c)
         return c + self.offset() + self.noise_scale(c.dtype) * noise
@@ -206,17 +206,20 @@ class DCTDPClient(nn.Module):
         batch_size: int = 32,
     ) -> Tensor:
         """Per-channel robust range of the coefficients of (a sample of) ``dataset``."""
-        n = len(dataset)
-        if n == 0:
+        if len(dataset) == 0:
             raise InputError("DCTDP: cannot estimate the sensitivity from an empty dataset")
-        order = torch.randperm(n, generator=generator)[: min(n, images)]
         cells = freq.SIZE * freq.SIZE
         samples = []
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            x = torch.as_tensor(dataset.stack(idx.tolist())).to(self.rho.device, torch.float32)
-            c = self.coefficients(check_faces(x, "DCTDP sensitivity")).flatten(2)
-            pos = torch.randint(cells, (len(idx), 1, positions), generator=generator)
+        for f in freq.sample_coefficients(
+            dataset,
+            images,
+            generator=generator,
+            device=self.rho.device,
+            batch_size=batch_size,
+            check=lambda x: check_faces(x, "DCTDP sensitivity"),
+        ):
+            c = f.index_select(1, self.kept).flatten(2)
+            pos = torch.randint(cells, (len(c), 1, positions), generator=generator)
             pos = pos.to(c.device).expand(-1, NUM_KEPT, -1)
             samples.append(torch.gather(c, 2, pos).transpose(0, 1).flatten(1))
         values = torch.cat(samples, 1).sort(1).values  # (189, M)
@@ -243,13 +246,12 @@ class InputScale(nn.Module):
 class _JointStep(nn.Module):
     """Noise (with gradients to rho and mu) + recognizer + margin head, one loss."""
 
-    def __init__(self, client: DCTDPClient, server: nn.ModuleDict, head: nn.Module) -> None:
+    def __init__(self, client: DCTDPClient, server: Recognition, head: nn.Module) -> None:
         super().__init__()
         self.client, self.server, self.head = client, server, head
 
     def forward(self, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, float]]:
-        p = self.client.protect(x)
-        loss = self.head(self.server["recognizer"](self.server["input"](p)), y)
+        loss = self.head(self.server(self.client.protect(x)), y)
         return loss, {"id": float(loss.detach())}
 
 
@@ -263,9 +265,7 @@ class DCTDP(Method):
         return DCTDPClient(self.config)
 
     def build_server(self) -> nn.Module:
-        return nn.ModuleDict(
-            {"input": InputScale(), "recognizer": build_recognizer(self.config, NUM_KEPT)}
-        )
+        return Recognition(build_recognizer(self.config, NUM_KEPT), InputScale())
 
     def build_train(self) -> nn.Module:
         return nn.ModuleDict({"head": build_head(self.config)})
@@ -273,15 +273,6 @@ class DCTDP(Method):
     @property
     def representation_shape(self) -> tuple[int, ...]:
         return (NUM_KEPT, freq.SIZE, freq.SIZE)
-
-    def protect(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """(B, 189, 112, 112): non-DC coefficients plus fresh Laplace noise per image and call."""
-        return self._part("client").protect(check_faces(x), generator)
-
-    def embed(self, p: Tensor) -> Tensor:
-        p = self.check_representation(p)
-        server = self._part("server")
-        return F.normalize(server["recognizer"](server["input"](p)))
 
     def budgets(self) -> Tensor:
         """The learned per-element budgets eps_i, (189, 112, 112) float64; they sum to
@@ -325,26 +316,11 @@ class DCTDP(Method):
         return p / part.sensitivity[:, None, None]
 
     def stages(self) -> list[Stage]:
-        cfg = self.config
         client = self._part("client")
         server = self._part("server")
-        recognizer = server["recognizer"]
         head = self._part("train")["head"]
+        budgets = self.param_group(
+            client.rho, client.mu, lr_scale=self.config.budget_lr_scale, weight_decay=0.0
+        )
         step = _JointStep(client, server, head)
-        return [
-            Stage(
-                "joint",
-                step,
-                [
-                    {
-                        "params": list(recognizer.parameters()) + list(head.parameters()),
-                        "lr_scale": 1.0,
-                    },
-                    {
-                        "params": [client.rho, client.mu],
-                        "lr_scale": cfg.budget_lr_scale,
-                        "weight_decay": 0.0,
-                    },
-                ],
-            )
-        ]
+        return [Stage("joint", step, [self.param_group(server, head), budgets])]

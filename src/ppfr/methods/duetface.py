@@ -57,8 +57,8 @@ and saved with it. The public code also passes :math:`s_i` through a sigmoid bef
 overlay and min-max normalises again after the region crop; we apply
 :math:`s + s \odot m \cdot w` as the paper writes it. Our choices: :math:`\kappa_l = 128`
 (as MinusFace; the low channels reach ~1000) and :math:`\kappa_h = 0.25` (the high channels
-of 112-pixel faces upsampled x8 are small: standard deviation ~0.18 on ORL), so both
-networks see inputs of order one.
+of 112-pixel faces upsampled x8 are small, a fraction of one), so both networks see
+inputs of order one.
 """
 
 from __future__ import annotations
@@ -67,6 +67,7 @@ import math
 from dataclasses import dataclass
 from functools import cache
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -77,10 +78,10 @@ from ppfr.methods._registry import register_method
 from ppfr.methods.base import (
     Method,
     RecognizerConfig,
+    Rescale,
     Stage,
     build_head,
     build_recognizer,
-    check_faces,
 )
 from ppfr.nets import create_backbone, create_head
 from ppfr.nets.iresnet import DEPTHS, IResNet
@@ -128,10 +129,10 @@ class DuetFaceConfig(RecognizerConfig):
 # --------------------------------------------------------------------------- face region
 @cache
 def _region_cpu(margin: float) -> Tensor:
-    import cv2
-    import numpy as np
+    # OpenCV is slow to load and only this mask, built once, needs it
+    import cv2  # deferred: OpenCV
 
-    from ppfr.align import TEMPLATE
+    from ppfr.align import TEMPLATE  # deferred: ppfr.align imports OpenCV
 
     size = freq.SIZE
     hull = cv2.convexHull(TEMPLATE.astype(np.float32))[:, 0]
@@ -242,6 +243,16 @@ class DuetFaceClient(nn.Module):
         low, high = self.split(x)
         return high, self.feature_maps(low)
 
+    def protect(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Faces -> (B, total) packed rows (see :attr:`DuetFace.layout`). Deterministic: no
+        randomness, so ``generator`` is unused."""
+        return pack(*self(x))
+
+
+def pack(high: Tensor, maps: list[Tensor]) -> Tensor:
+    """High channels (B, 162, 112, 112) and the four maps -> (B, total) rows."""
+    return torch.cat([high.flatten(1), *(m.flatten(1) for m in maps)], dim=1)
+
 
 class DuetFaceServer(nn.Module):
     """The service side: the IR backbone on the high channels with four interaction blocks."""
@@ -255,6 +266,8 @@ class DuetFaceServer(nn.Module):
             Interaction(shape[0], channels, cfg.eps)
             for shape, channels in zip(client_shapes, self.recognizer.stage_channels, strict=True)
         )
+        #: kappa_h: the recognizer reads the high channels divided by it
+        self.input = Rescale(divisor=cfg.high_coef_scale)
         self.use_region = cfg.face_mask
         # stage i's output is 112 / 2^(i+1) wide (stride 2 at the start of every stage)
         for i in range(4):
@@ -294,19 +307,16 @@ class _ClientStep(nn.Module):
 class _ServerStep(nn.Module):
     """Stage 2: the server (IR + interactions) and its head; the client is frozen."""
 
-    def __init__(
-        self, client: DuetFaceClient, server: DuetFaceServer, head: nn.Module, scale: float
-    ) -> None:
+    def __init__(self, client: DuetFaceClient, server: DuetFaceServer, head: nn.Module) -> None:
         super().__init__()
         self.client = client
         self.server = server
         self.head = head
-        self.scale = scale
 
     def forward(self, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, float]]:
         with torch.no_grad():
             high, maps = self.client(x)
-        loss = self.head(self.server(high / self.scale, maps), y)
+        loss = self.head(self.server(self.server.input(high), maps), y)
         return loss, {"id": float(loss.detach())}
 
 
@@ -315,7 +325,7 @@ class DuetFace(Method):
     name = "duetface"
     Config = DuetFaceConfig
     #: raw DCT coefficients and feature maps: any finite value
-    representation_range = (-math.inf, math.inf)
+    representation_range = None
 
     def build_client(self) -> nn.Module:
         return DuetFaceClient(self.config)
@@ -384,7 +394,7 @@ class DuetFace(Method):
 
     def pack(self, high: Tensor, maps: list[Tensor]) -> Tensor:
         """High channels (B, 162, 112, 112) and the four maps -> (B, total) rows."""
-        return torch.cat([high.flatten(1), *(m.flatten(1) for m in maps)], dim=1)
+        return pack(high, maps)
 
     def unpack(self, p: Tensor, what: str = "unpack") -> tuple[Tensor, list[Tensor]]:
         """Undo :meth:`pack`: (B, total) -> (high (B, 162, 112, 112), [maps]) as views.
@@ -401,16 +411,12 @@ class DuetFace(Method):
         return parts[0], parts[1:]
 
     # ---- the API
-    def protect(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Faces -> (B, total) packed rows (see :attr:`layout`). Deterministic: no randomness,
-        so ``generator`` is unused."""
-        high, maps = self._part("client")(check_faces(x))
-        return self.pack(high, maps)
-
     def embed(self, p: Tensor) -> Tensor:
+        """The server reads two inputs, the high channels (scaled by its ``input``) and the
+        client's maps, so the packed row is unpacked first."""
         high, maps = self.unpack(p, "embed")
         server = self._part("server")
-        return F.normalize(server(high / self.config.high_coef_scale, maps))
+        return F.normalize(server(server.input(high), maps))
 
     def view(self, p: Tensor) -> Tensor:
         """What the sent coefficients look like: ``d`` of the 162 high channels with the 30
@@ -433,22 +439,12 @@ class DuetFace(Method):
         stage1 = Stage(
             "client",
             _ClientStep(client, train["client_head"]),
-            [
-                {
-                    "params": list(client.parameters()) + list(train["client_head"].parameters()),
-                    "lr_scale": 1.0,
-                }
-            ],
+            [self.param_group(client, train["client_head"])],
         )
         stage2 = Stage(
             "server",
-            _ServerStep(client, server, train["head"], self.config.high_coef_scale),
-            [
-                {
-                    "params": list(server.parameters()) + list(train["head"].parameters()),
-                    "lr_scale": 1.0,
-                }
-            ],
+            _ServerStep(client, server, train["head"]),
+            [self.param_group(server, train["head"])],
             frozen=[client],
         )
         return [stage1, stage2]

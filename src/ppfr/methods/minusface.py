@@ -31,9 +31,9 @@ The generator is parameterised as :math:`g(x) = x + U(x)` with the U-Net :math:`
 layer initialised small (``generator_skip``): the same function class as a plain U-Net, but
 training starts from a near-perfect regeneration and a near-zero residue, and the identity
 loss has to *put* identity into the residue, rather than the pixel loss having to take the
-face out of it. With a plain U-Net and a CPU-sized budget, the regeneration stays poor
-(pixel L1 about 0.2), the residue keeps the face's low frequencies, and the recovery attack
-reconstructs faces from :math:`X_p` (docs/results.md).
+face out of it. With a plain U-Net and a CPU-sized budget, the regeneration stays poor,
+the residue keeps the face's low frequencies, and the recovery attack reconstructs faces
+from :math:`X_p` (docs/results.md).
 """
 
 from __future__ import annotations
@@ -49,8 +49,10 @@ from ppfr.errors import InputError
 from ppfr.methods._registry import register_method
 from ppfr.methods.base import (
     Method,
+    Recognition,
     RecognizerConfig,
     RecognizerStep,
+    Rescale,
     Stage,
     build_head,
     build_recognizer,
@@ -66,7 +68,7 @@ SKIP_INIT_SCALE = 0.01
 class MinusFaceConfig(RecognizerConfig):
     generator: str = "unet"
     #: U-Net base width: 64 is the public code's 64..1024 network; 16 (16..256) is our
-    #: default, the widest that protects in under 35 ms/face on a 2-core CPU
+    #: default, sized for protecting on a small CPU (docs/benchmarks.md)
     generator_width: int = 16
     #: n: independent shuffles the client stacks into one representation (3n channels)
     shuffles: int = 1
@@ -137,6 +139,7 @@ class MinusFaceClient(nn.Module):
         return self.regenerate(x)[2]
 
     def protect(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """X_p = d(shuffle(r)): (B, 3n, 112, 112) in [0, 1], a fresh shuffle per image and call."""
         r = self.residue(x)
         views = [freq.decode(shuffle_channels(r, generator)) for _ in range(self.shuffles)]
         return torch.cat(views, dim=1)
@@ -162,17 +165,6 @@ class _Stage1(nn.Module):
         return loss, {"pixel": float(pixel.detach()), "id": float(identity.detach())}
 
 
-class _ProtectForTraining(nn.Module):
-    """Stage-2 input: X_p from the frozen client, mapped to [-1, 1]."""
-
-    def __init__(self, client: MinusFaceClient) -> None:
-        super().__init__()
-        self.client = client
-
-    def forward(self, x: Tensor) -> Tensor:
-        return 2 * self.client.protect(x) - 1
-
-
 @register_method
 class MinusFace(Method):
     name = "minusface"
@@ -182,9 +174,9 @@ class MinusFace(Method):
         return MinusFaceClient(self.config)
 
     def build_server(self) -> nn.Module:
-        return nn.ModuleDict(
-            {"recognizer": build_recognizer(self.config, 3 * self.config.shuffles)}
-        )
+        # f_p reads 2 X_p - 1: X_p in [0, 1] mapped to [-1, 1]
+        recognizer = build_recognizer(self.config, 3 * self.config.shuffles)
+        return Recognition(recognizer, Rescale(divisor=0.5, shift=0.5))
 
     def build_train(self) -> nn.Module:
         return nn.ModuleDict(
@@ -199,45 +191,31 @@ class MinusFace(Method):
     def representation_shape(self) -> tuple[int, ...]:
         return (3 * self.config.shuffles, freq.SIZE, freq.SIZE)
 
+    @property
+    def stacked_images(self) -> int:
+        return self.config.shuffles
+
     def residue(self, x: Tensor) -> Tensor:
         """The 192-channel residue r = e(X) - g(e(X)) (never leaves the device)."""
         return self._part("client").residue(check_faces(x, "residue"))
 
-    def protect(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """X_p = d(shuffle(r)): (B, 3n, 112, 112) in [0, 1], a fresh shuffle per image and call."""
-        return self._part("client").protect(check_faces(x), generator)
-
-    def embed(self, p: Tensor) -> Tensor:
-        p = self.check_representation(p)
-        return F.normalize(self._part("server")["recognizer"](2 * p - 1))
-
     def stages(self) -> list[Stage]:
         cfg = self.config
         client = self._part("client")
+        server = self._part("server")
         train = self._part("train")
-        recognizer_p = self._part("server")["recognizer"]
         stage1 = Stage(
             "residue",
             _Stage1(self),
             [
-                {"params": list(client.parameters()), "lr_scale": cfg.generator_lr_scale},
-                {
-                    "params": list(train["recognizer"].parameters())
-                    + list(train["head"].parameters()),
-                    "lr_scale": 1.0,
-                },
+                self.param_group(client, lr_scale=cfg.generator_lr_scale),
+                self.param_group(train["recognizer"], train["head"]),
             ],
         )
         stage2 = Stage(
             "protected",
-            RecognizerStep(_ProtectForTraining(client), recognizer_p, train["protected_head"]),
-            [
-                {
-                    "params": list(recognizer_p.parameters())
-                    + list(train["protected_head"].parameters()),
-                    "lr_scale": 1.0,
-                }
-            ],
+            RecognizerStep(client, server, train["protected_head"]),
+            [self.param_group(server, train["protected_head"])],
             frozen=[client],
             repeats=cfg.train_repeats,
         )

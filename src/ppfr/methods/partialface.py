@@ -32,12 +32,12 @@ Our choices, where the paper leaves them open:
   flip-symmetrised image :math:`X + \mathrm{flip}(X)` rounded to 8-bit steps (exact in
   float arithmetic, so identical on every device, and the same for a face and its mirror
   image, which the trainer's flip augmentation produces).
-- *Permutations.* The paper sets ``n = 6``; the brief and the public code fix the 3 in
-  :data:`PERMUTATIONS`.
+- *Permutations.* The paper sets ``n = 6``; we follow the public code, which fixes the 3
+  in :data:`PERMUTATIONS`.
 - *Augmentation.* The paper's :math:`r = 18` (the public config says 3 and never reads it).
   It multiplies the cost of an epoch by 18: lower it with ``train_repeats`` for small runs.
-- *Scale.* The kept channels' magnitudes differ by three orders (root mean square from
-  about 5 for the lowest kept frequencies to 0.002 for the highest on aligned faces), and
+- *Scale.* The kept channels' magnitudes differ by orders (the lowest kept frequencies
+  carry far more of a face's energy than the highest), and
   a random rank puts any of them in any input slot, so a recognizer fed raw coefficients
   sees mostly the largest channel of each subset. The client therefore divides every
   channel by a fixed per-channel scale before sending: its root mean square over the
@@ -57,7 +57,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ppfr import freq
@@ -65,6 +64,7 @@ from ppfr.errors import InputError
 from ppfr.methods._registry import register_method
 from ppfr.methods.base import (
     Method,
+    Recognition,
     RecognizerConfig,
     RecognizerStep,
     Stage,
@@ -75,7 +75,7 @@ from ppfr.methods.base import (
 
 #: channels of one colour plane dropped as low frequency: u + v <= 3
 LOW_FREQUENCY = tuple(freq.low_frequency_channels(3, colours=(0,)))
-#: the fixed partition of the 54 kept channels of a colour plane (brief section 3)
+#: the fixed partition of the 54 kept channels of a colour plane
 SUBSETS: tuple[tuple[int, ...], ...] = (
     (5, 34, 38, 21, 42, 55, 57, 50, 62),
     (45, 49, 54, 52, 19, 11, 47, 41, 63),
@@ -94,18 +94,9 @@ SUBSET_SIZE = 9
 SENT_CHANNELS = 3 * SUBSET_SIZE  # 27
 
 
-def _coefficient_bound(channels: list[int]) -> float:
-    """Largest |coefficient| any image can give in these (non-DC) channels.
-
-    Every colour plane spans 255 levels, so an AC coefficient (whose basis sums to zero) is
-    at most ``127.5 * sum_a |D[u, a]| * sum_b |D[v, b]|``.
-    """
-    row_sums = freq.dct_matrix().abs().sum(1)
-    return max(127.5 * float(row_sums[u] * row_sums[v]) for u, v in map(freq.channel_uv, channels))
-
-
-#: bound of every coefficient PartialFace sends (a representation_range that always holds)
-COEFFICIENT_BOUND = _coefficient_bound([c for s in SUBSETS for c in s])
+#: bound of |every coefficient| PartialFace sends, before its scaling: half the widest
+#: range of its (AC, hence centred) channels (:func:`ppfr.freq.coefficient_range`)
+COEFFICIENT_BOUND = float(freq.coefficient_range([c for s in SUBSETS for c in s]).max()) / 2
 
 
 def rank_channels(subset: int, permutation: int) -> list[int]:
@@ -210,17 +201,21 @@ class PartialFaceClient(nn.Module):
         self, dataset, images: int, generator: torch.Generator | None, batch_size: int = 32
     ) -> Tensor:
         """Root mean square of every channel over (a sample of) ``dataset``'s faces."""
-        n = len(dataset)
-        if n == 0:
+        if len(dataset) == 0:
             raise InputError("PartialFace: cannot estimate channel scales from an empty dataset")
-        order = torch.randperm(n, generator=generator)[: min(n, images)]
         total = torch.zeros(freq.NUM_CHANNELS, dtype=torch.float64)
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size].tolist()
-            x = torch.as_tensor(dataset.stack(idx)).to(self.channel_scale.device, torch.float32)
-            f = freq.encode(check_faces(x, "PartialFace scales"))
+        faces = 0
+        for f in freq.sample_coefficients(
+            dataset,
+            images,
+            generator=generator,
+            device=self.channel_scale.device,
+            batch_size=batch_size,
+            check=lambda x: check_faces(x, "PartialFace scales"),
+        ):
             total += f.double().square().sum((0, 2, 3)).cpu()
-        rms = (total / (len(order) * freq.SIZE * freq.SIZE)).sqrt().float()
+            faces += len(f)
+        rms = (total / (faces * freq.SIZE * freq.SIZE)).sqrt().float()
         self.channel_scale.copy_(rms.clamp_min(MIN_SCALE))
         return self.channel_scale.clone()
 
@@ -231,8 +226,12 @@ class PartialFaceClient(nn.Module):
         permutation = _draw(len(x), len(PERMUTATIONS), generator, x.device)
         return self.send(x, subset, permutation), subset, permutation
 
+    def protect(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """x_s: (B, 27, 112, 112), one random rank per face and call, channels / their scale."""
+        return self.protect_with_ranks(x, generator)[0]
+
     def forward(self, x: Tensor) -> Tensor:
-        return self.protect_with_ranks(x)[0]
+        return self.protect(x)
 
 
 class _TrainingRanks(nn.Module):
@@ -260,7 +259,7 @@ class PartialFace(Method):
         return PartialFaceClient(self.config.coef_scale)
 
     def build_server(self) -> nn.Module:
-        return nn.ModuleDict({"recognizer": build_recognizer(self.config, SENT_CHANNELS)})
+        return Recognition(build_recognizer(self.config, SENT_CHANNELS))
 
     def build_train(self) -> nn.Module:
         return nn.ModuleDict({"head": build_head(self.config)})
@@ -268,10 +267,6 @@ class PartialFace(Method):
     @property
     def representation_shape(self) -> tuple[int, ...]:
         return (SENT_CHANNELS, freq.SIZE, freq.SIZE)
-
-    def protect(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """x_s: (B, 27, 112, 112), one random rank per face and call, channels / their scale."""
-        return self._part("client").protect_with_ranks(check_faces(x), generator)[0]
 
     def protect_with_ranks(
         self, x: Tensor, generator: torch.Generator | None = None
@@ -281,10 +276,6 @@ class PartialFace(Method):
         The ranks never leave the device; this is for tests and white-box analyses.
         """
         return self._part("client").protect_with_ranks(check_faces(x), generator)
-
-    def embed(self, p: Tensor) -> Tensor:
-        p = self.check_representation(p)
-        return F.normalize(self._part("server")["recognizer"](p))
 
     def prepare(self, dataset, *, generator: torch.Generator | None = None) -> None:
         """Estimate the per-channel scales from the training faces (module docstring)."""
@@ -312,21 +303,16 @@ class PartialFace(Method):
         f.scatter_(1, idx[:, :, None, None].expand(-1, -1, freq.SIZE, freq.SIZE), coef)
         return freq.decode(f)
 
-    def inversion_input(self, p: Tensor) -> Tensor:
-        """What a recovery attack's inverter reads: the sent channels as they are (scaled)."""
-        return p
-
     def stages(self) -> list[Stage]:
         cfg = self.config
-        recognizer = self._part("server")["recognizer"]
+        server = self._part("server")
         head = self._part("train")["head"]
         prepare = _TrainingRanks(self._part("client"), cfg.train_subsets)
-        params = list(recognizer.parameters()) + list(head.parameters())
         return [
             Stage(
                 "recognizer",
-                RecognizerStep(prepare, recognizer, head),
-                [{"params": params, "lr_scale": 1.0}],
+                RecognizerStep(prepare, server, head),
+                [self.param_group(server, head)],
                 repeats=cfg.train_repeats,
             )
         ]

@@ -146,7 +146,7 @@ class Service:
                 f"{self.model.name} sends the face itself (no protection); refusing to serve "
                 "it. Pass --allow-unprotected (allow_unprotected=True) for a baseline only."
             )
-        manifest = getattr(self.model, "manifest", {})
+        manifest = self.model.manifest
         fp = manifest.get("client_fingerprint")
         if not fp:
             raise InputError(f"{model_dir}: bundle has no client_fingerprint; re-save it")
