@@ -31,6 +31,17 @@ def test_info_and_openapi(s):
     assert "/v1/galleries/{gallery}/identify" in paths and "/v1/health" in paths
 
 
+def test_info_of_an_unbounded_representation(tmp_path):
+    # DCTDP's noisy coefficients have no fixed range: info says null, not a JSON error
+    torch.manual_seed(0)
+    model = ppfr.create("dctdp", backbone="ir18", backbone_width=0.125, embedding_size=64)
+    model.save(tmp_path / "dctdp")
+    s = served_app(tmp_path / "dctdp", tmp_path)
+    r = s.client.get("/v1/info", headers=s.headers())
+    assert r.status_code == 200, r.text
+    assert r.json()["method"] == "dctdp" and r.json()["representation_range"] is None
+
+
 def test_enroll_identify_verify_delete(s):
     reps = s.reps(6, seed=1)
     for i, name in enumerate(["ann", "bob", "cy"]):

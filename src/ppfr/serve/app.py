@@ -203,7 +203,11 @@ class Service:
             "method": self.model.name,
             "representation_shape": list(self.model.representation_shape),
             "representation_dtype": ["float32", "float16"],
-            "representation_range": list(self.model.representation_range),
+            # None: unbounded (DCTDP, PartialFace, DuetFace); JSON has no infinity
+            "representation_range": (
+                None if self.model.representation_range is None
+                else list(self.model.representation_range)
+            ),
             "client_fingerprint": self.client_fingerprint,
             "server_fingerprint": self.server_fingerprint,
             "embedding_size": self.dim,
