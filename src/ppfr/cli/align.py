@@ -1,16 +1,5 @@
-"""Command-line tools around alignment and the judge (mounted by ``ppfr.cli``).
-
-* ``ppfr align SRC DST [--overwrite]`` — :func:`align_cmd`: align a folder tree.
-* ``ppfr judge verify A B`` — :data:`judge_app`: compare two face images with SFace.
-
-Mount them in the main app with::
-
-    app.command("align")(align_cmd)
-    app.add_typer(judge_app, name="judge")
-
-Every :class:`~ppfr.errors.PPFRError` ends the command with a red one-line message on
-stderr and exit code 2 (no traceback).
-"""
+"""``ppfr align SRC DST [--overwrite]``: align a folder tree of face photos to the 112x112
+template (:func:`ppfr.align.align_tree`)."""
 
 from __future__ import annotations
 
@@ -19,8 +8,7 @@ from typing import Annotated
 
 import typer
 
-from ppfr._cli import console, friendly
-from ppfr.errors import DataError
+from ppfr.cli._common import console, friendly
 
 #: how many problem files to name on screen (all are in the JSON report)
 SHOW = 10
@@ -39,6 +27,7 @@ def align_cmd(
     ] = 2,
 ) -> None:
     """Detect faces with YuNet and write 112x112 aligned PNGs, mirroring SRC's folders."""
+    # deferred: the YuNet detector (OpenCV) is not loaded for `ppfr --help`
     from ppfr.align import REPORT_NAME, align_tree
 
     report = align_tree(src, dst, overwrite=overwrite, progress=progress, refine=refine)
@@ -61,53 +50,6 @@ def align_cmd(
     console.print(f"report: {Path(dst) / REPORT_NAME}", highlight=False)
 
 
-align_app = typer.Typer(add_completion=False, help="Align face photos to the 112x112 template.")
-align_app.command("align")(align_cmd)
-
-judge_app = typer.Typer(
-    add_completion=False,
-    no_args_is_help=True,
-    help="The independent judge (SFace) used to measure identity leakage.",
-)
-
-
-def _load_face(path: Path, label: str):
-    """Read an aligned face; align photos that are not 112x112 first (and say so)."""
-    from ppfr.align import align_image
-    from ppfr.data.images import FACE_SIZE, read_image
-
-    img = read_image(path)
-    if img.shape[:2] == (FACE_SIZE, FACE_SIZE):
-        return img
-    res = align_image(img)
-    if res.face is None:
-        raise DataError(f"{path}: not a {FACE_SIZE}x{FACE_SIZE} aligned face and no face found")
-    many = f", {res.num_faces} faces found, the largest used" if res.num_faces > 1 else ""
-    console.print(
-        f"{label} ({path}) is {img.shape[1]}x{img.shape[0]}: aligned it automatically{many}",
-        highlight=False,
-    )
-    return res.face
-
-
-@judge_app.command("verify")
-@friendly
-def verify_cmd(
-    a: Annotated[Path, typer.Argument(help="First face image.")],
-    b: Annotated[Path, typer.Argument(help="Second face image.")],
-    threshold: Annotated[
-        float | None, typer.Option(help="Cosine threshold (default: SFace's 0.363).")
-    ] = None,
-) -> None:
-    """Print SFace's cosine similarity of two faces and whether they are the same person."""
-    import numpy as np
-
-    from ppfr.judge import get_judge
-
-    face_a, face_b = _load_face(a, "A"), _load_face(b, "B")
-    judge = get_judge()
-    t = judge.threshold if threshold is None else threshold
-    e = judge.embed(np.stack([face_a, face_b]))
-    sim = float(e[0] @ e[1])
-    verdict = "[green]same person[/green]" if sim >= t else "[red]different people[/red]"
-    console.print(f"similarity {sim:.4f} (threshold {t:.3f}): {verdict}", highlight=False)
+def register(app: typer.Typer) -> None:
+    """Add ``align`` to the ``ppfr`` app."""
+    app.command("align")(align_cmd)
