@@ -64,7 +64,7 @@ DEMO_IDENTITY: dict[str, Any] = {"width": 8, "epochs": 6, "identity_weight": 0.5
 
 #: what the preset's config file says about itself, above the settings
 _TOML_HEADER = """\
-# {method} on the bundled ORL faces, CPU-sized: the `ppfr demo` preset as a config file.
+# The `ppfr demo` preset of {method} as a config file: CPU-sized, on the bundled ORL faces.
 # Generated from ppfr.experiments.presets (python -m ppfr.experiments.presets configs);
 # edit the preset, not this file.
 #   ppfr train configs/{method}-orl.toml
@@ -135,7 +135,31 @@ def preset_toml(method: str) -> str:
             name: {"epochs": s.epochs, "milestones": s.milestones} for name, s in cfg.stages.items()
         },
     }
-    return _TOML_HEADER.format(method=method) + tomli_w.dumps(body)
+    return _TOML_HEADER.format(method=method) + _toml(body)
+
+
+def _toml(doc: dict[str, Any]) -> str:
+    """``doc`` (top-level keys, then tables and tables of tables) as TOML, lists on one line."""
+    lines: list[str] = []
+    tables: list[tuple[str, dict[str, Any]]] = []
+    for key, value in doc.items():
+        if isinstance(value, dict):
+            tables.append((key, value))
+        else:
+            lines.append(f"{key} = {_toml_value(value)}")
+    for name, table in tables:
+        if table and all(isinstance(v, dict) for v in table.values()):
+            for sub, values in table.items():
+                lines += ["", f"[{name}.{sub}]", *_toml(values).splitlines()]
+        else:
+            lines += ["", f"[{name}]", *_toml(table).splitlines()]
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return tomli_w.dumps({"v": value}).partition(" = ")[2].strip()
 
 
 def write_preset_configs(folder: str | Path) -> list[Path]:
