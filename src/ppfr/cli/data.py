@@ -16,6 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ppfr.cli._common import friendly, print_table
+from ppfr.data.open import describe_source
 
 data_app = typer.Typer(
     help="Inspect face data: identity folders, RecordIO .rec, .bin packs, pairs.txt, 'orl'.",
@@ -39,8 +40,6 @@ def inspect(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead."),
 ) -> None:
     """Print images, identities and pairs of a data source."""
-    from ppfr.data.open import describe_source
-
     info = describe_source(path, image_root=image_root)
     if as_json:
         typer.echo(json.dumps({"path": path, **info}))
