@@ -33,9 +33,10 @@ import ppfr
 from ppfr.attacks.metrics import psnr, ssim
 from ppfr.attacks.template_inversion import TemplateInversionAttack
 from ppfr.data.orl import load_orl, split_identities
-from ppfr.demo import TEST_IDENTITIES, train_preset
 from ppfr.eval.templates import unlinkability
 from ppfr.eval.verification import make_open_set_pairs, threshold_at_far, verification_protocol
+from ppfr.experiments.demo import train_preset
+from ppfr.experiments.presets import TEST_IDENTITIES
 from ppfr.judge import best_threshold, get_judge
 from ppfr.slerpface import (
     SlerpFace,

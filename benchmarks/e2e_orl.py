@@ -4,8 +4,8 @@ Run (reusing a bundle trained with the demo recipe on split 0, e.g. by ``ppfr be
 
     python benchmarks/e2e_orl.py --model /tmp/bench-orl/runs/split-0/minusface/model --out /tmp/e2e
 
-Without ``--model`` it trains one first with :func:`ppfr.demo.train_preset` (minusface,
-split ``--seed``; minutes on a CPU).
+Without ``--model`` it trains one first with
+:func:`ppfr.experiments.demo.train_preset` (minusface, split ``--seed``; minutes on a CPU).
 
 Steps:
 
@@ -41,7 +41,8 @@ from _common import machine
 
 import ppfr
 from ppfr.data.orl import load_orl, split_identities
-from ppfr.demo import TEST_IDENTITIES, train_preset
+from ppfr.experiments.demo import train_preset
+from ppfr.experiments.presets import TEST_IDENTITIES
 from ppfr.serve.calibrate import calibrate
 from ppfr.serve.wire import encode_representation
 from ppfr.slerpface import SlerpFace

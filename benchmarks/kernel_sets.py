@@ -26,9 +26,10 @@ Tasks:
 - ``train``: a tiny ``--method`` model trained by the engine for ``--epochs`` epochs on
   ``--images`` ORL faces: its initial weights, per-epoch losses, and the trained weights and
   buffers (compared as wholes: ||difference|| / ||weights||).
-- ``preset``: the demo's ``--method`` preset (``ppfr.demo``) trained at ``--epoch-scale``
-  on the demo's ORL split and verified on its 10 held-out people: losses, trained weights
-  and buffers, accuracy / AUC. At scale 1 this is the demo's training (several minutes per config).
+- ``preset``: the demo's ``--method`` preset (``ppfr.experiments.presets``) trained at
+  ``--epoch-scale`` on the demo's ORL split and verified on its 10 held-out people: losses,
+  trained weights and buffers, accuracy / AUC. At scale 1 this is the demo's training
+  (several minutes per config).
 
 Examples::
 
@@ -161,10 +162,10 @@ def _train(method: str, epochs: int, images: int) -> dict[str, torch.Tensor]:
 
 
 def _preset(method: str, epoch_scale: float) -> dict[str, torch.Tensor]:
-    import ppfr.demo as demo
     from ppfr.data.orl import load_orl, split_identities
+    from ppfr.experiments import demo, presets
 
-    train_ids, test_ids = split_identities(demo.TEST_IDENTITIES, 0)
+    train_ids, test_ids = split_identities(presets.TEST_IDENTITIES, 0)
     train_set, test_set = load_orl(train_ids, aligned=True), load_orl(test_ids, aligned=True)
     with tempfile.TemporaryDirectory() as tmp:
         model, _, _ = demo.train_preset(

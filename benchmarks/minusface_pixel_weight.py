@@ -2,9 +2,9 @@
 
 Run:  python benchmarks/minusface_pixel_weight.py --weights 20,35,50 --out /tmp/pw
 
-For each weight, trains the demo's MinusFace preset (``ppfr.demo``) with that stage-1 pixel
-weight on ORL split ``--seed``, verifies the 10 held-out identities and runs the demo's
-viewing and recovery attacks on them (docs/results.md). About 14 min per weight on 2 CPU
+For each weight, trains the demo's MinusFace preset (``ppfr.experiments.presets``) with that
+stage-1 pixel weight on ORL split ``--seed``, verifies the 10 held-out identities and runs the
+demo's viewing and recovery attacks on them (docs/results.md). About 14 min per weight on 2 CPU
 cores. Results go to ``OUT/pw<weight>/result.json`` and are printed as markdown rows.
 """
 
@@ -17,13 +17,13 @@ from pathlib import Path
 
 from _common import machine
 
-import ppfr.demo as demo
 from ppfr.data.orl import load_orl, split_identities
+from ppfr.experiments import demo, presets
 
 
 def run(weight: float, out: Path, seed: int, epoch_scale: float = 1.0) -> dict:
-    demo.DEMO_MODELS["minusface"]["pixel_weight"] = weight  # the only change to the preset
-    train_ids, test_ids = split_identities(demo.TEST_IDENTITIES, seed)
+    presets.DEMO_MODELS["minusface"]["pixel_weight"] = weight  # the only change to the preset
+    train_ids, test_ids = split_identities(presets.TEST_IDENTITIES, seed)
     train_set, test_set = load_orl(train_ids, aligned=True), load_orl(test_ids, aligned=True)
     t0 = time.perf_counter()
     model, _, train_s = demo.train_preset(
@@ -35,7 +35,7 @@ def run(weight: float, out: Path, seed: int, epoch_scale: float = 1.0) -> dict:
         train_set,
         test_set,
         seed=seed,
-        epochs=max(1, round(demo.DEMO_ATTACK["epochs"] * epoch_scale)),
+        epochs=max(1, round(presets.DEMO_ATTACK["epochs"] * epoch_scale)),
         progress=False,
     )
     return {

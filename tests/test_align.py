@@ -262,7 +262,7 @@ def test_align_tree_refuses_destination_in_source(photo_tree, tmp_path):
 def test_align_command(photo_tree, tmp_path):
     import typer
 
-    from ppfr.cli_tools import align_cmd
+    from ppfr.cli.align import align_cmd
 
     app = typer.Typer()
     app.command("align")(align_cmd)

@@ -7,7 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 import ppfr
-import ppfr.demo
+import ppfr.experiments.presets
 from ppfr.cli import app
 from ppfr.data.images import save_image, to_uint8
 from tests.conftest import TINY, TINY_MINUSFACE
@@ -93,18 +93,18 @@ def test_train_from_a_config_file(tmp_path):
 
 def test_demo_end_to_end(tmp_path, monkeypatch):
     monkeypatch.setattr(
-        ppfr.demo,
+        ppfr.experiments.presets,
         "DEMO_MODELS",
         {"arcface": TINY, "minusface": {**TINY_MINUSFACE, "train_repeats": 1}},
     )
     monkeypatch.setattr(
-        ppfr.demo,
+        ppfr.experiments.presets,
         "DEMO_EPOCHS",
         {"arcface": {"recognizer": 1}, "minusface": {"residue": 1, "protected": 1}},
     )
-    monkeypatch.setattr(ppfr.demo, "DEMO_ATTACK", {"width": 2, "epochs": 1})
-    monkeypatch.setattr(ppfr.demo, "DEMO_LINKAGE", {"epochs": 1})
-    monkeypatch.setattr(ppfr.demo, "DEMO_IDENTITY", {"width": 2, "epochs": 1})
+    monkeypatch.setattr(ppfr.experiments.presets, "DEMO_ATTACK", {"width": 2, "epochs": 1})
+    monkeypatch.setattr(ppfr.experiments.presets, "DEMO_LINKAGE", {"epochs": 1})
+    monkeypatch.setattr(ppfr.experiments.presets, "DEMO_IDENTITY", {"width": 2, "epochs": 1})
     res = runner.invoke(app, ["demo", "--out", str(tmp_path)])
     assert res.exit_code == 0, res.output
     results = json.loads((tmp_path / "report.json").read_text())

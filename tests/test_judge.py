@@ -178,7 +178,7 @@ def test_rank1(judge, orl):
 def test_verify_command(tmp_path, orl):
     import typer
 
-    from ppfr.cli_tools import judge_app
+    from ppfr.cli.judge import judge_app
 
     faces, _, _ = orl
     save_image(faces[0], tmp_path / "a.png")

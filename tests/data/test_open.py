@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from ppfr.cli_data import app
+from ppfr.cli.data import data_app as app
 from ppfr.data.base import TensorFaces, VerificationPairs
 from ppfr.data.binpack import write_bin
 from ppfr.data.folder import ImageFolderFaces

@@ -10,12 +10,12 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-import ppfr.bench
-import ppfr.demo
-from ppfr.bench import bench_table, mean_std
-from ppfr.cli_eval import bench_app
+import ppfr.experiments.bench
+import ppfr.experiments.presets
+from ppfr.cli.bench import bench_app
 from ppfr.data.base import TensorFaces
 from ppfr.data.orl import load_orl, split_identities
+from ppfr.experiments.bench import bench_table, mean_std
 from tests.conftest import TINY, TINY_MINUSFACE
 
 runner = CliRunner()
@@ -32,13 +32,13 @@ def _root() -> None:
 def tiny_bench(monkeypatch):
     """Tiny presets, one epoch per stage; padded ORL cut to 2 training / 5 test images per
     identity (5 x 10 people give 100 impostor pairs: enough for TAR@FAR=1e-2)."""
-    monkeypatch.setattr(ppfr.demo, "DEMO_MODELS", {
+    monkeypatch.setattr(ppfr.experiments.presets, "DEMO_MODELS", {
         "arcface": TINY, "minusface": {**TINY_MINUSFACE, "train_repeats": 1}})  # fmt: skip
-    monkeypatch.setattr(ppfr.demo, "DEMO_EPOCHS", {
+    monkeypatch.setattr(ppfr.experiments.presets, "DEMO_EPOCHS", {
         "arcface": {"recognizer": 1}, "minusface": {"residue": 1, "protected": 1}})  # fmt: skip
-    monkeypatch.setattr(ppfr.demo, "DEMO_ATTACK", {"width": 2, "epochs": 1})
-    monkeypatch.setattr(ppfr.demo, "DEMO_LINKAGE", {"epochs": 1})
-    monkeypatch.setattr(ppfr.demo, "DEMO_IDENTITY", {"width": 2, "epochs": 1})
+    monkeypatch.setattr(ppfr.experiments.presets, "DEMO_ATTACK", {"width": 2, "epochs": 1})
+    monkeypatch.setattr(ppfr.experiments.presets, "DEMO_LINKAGE", {"epochs": 1})
+    monkeypatch.setattr(ppfr.experiments.presets, "DEMO_IDENTITY", {"width": 2, "epochs": 1})
     calls = []
 
     def small_orl(ids, aligned=False):
@@ -48,7 +48,7 @@ def tiny_bench(monkeypatch):
         idx = [i for i in range(len(full)) if i % 10 < keep]
         return TensorFaces(full.faces[idx], full.labels[idx], full.classes)
 
-    monkeypatch.setattr(ppfr.bench, "load_orl", small_orl)
+    monkeypatch.setattr(ppfr.experiments.bench, "load_orl", small_orl)
     return calls
 
 

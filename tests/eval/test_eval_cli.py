@@ -11,7 +11,7 @@ import typer
 from typer.testing import CliRunner
 
 import ppfr
-from ppfr.cli_eval import eval_cmd
+from ppfr.cli.eval import eval_cmd
 from ppfr.data.binpack import read_bin, write_bin
 from ppfr.eval import evaluate_pairs
 

@@ -51,7 +51,7 @@ from ppfr.methods.base import check_faces
 from ppfr.train import TrainConfig, Trainer
 
 #: the unprotected recognizer an attacker trains on its own faces when none is given: the
-#: demo's ArcFace preset (``ppfr.demo.DEMO_MODELS["arcface"]``, 16 epochs)
+#: demo's ArcFace preset (``ppfr.experiments.presets.DEMO_MODELS["arcface"]``, 16 epochs)
 DEFAULT_RECOGNIZER = {"backbone": "ir18", "backbone_width": 0.25}
 DEFAULT_RECOGNIZER_EPOCHS = 16
 

@@ -15,21 +15,22 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ppfr._cli import friendly, print_table
+from ppfr.cli._common import friendly, print_table
+from ppfr.data.open import describe_source
 
-app = typer.Typer(
+data_app = typer.Typer(
     help="Inspect face data: identity folders, RecordIO .rec, .bin packs, pairs.txt, 'orl'.",
     no_args_is_help=True,
 )
 
 
-@app.callback()
+@data_app.callback()
 def _data() -> None:
     """Inspect face data sources."""
     # an explicit callback keeps `inspect` a sub-command even while it is the only one
 
 
-@app.command("inspect")
+@data_app.command("inspect")
 @friendly
 def inspect(
     path: str = typer.Argument(..., help="Folder, .rec, .bin, pairs .txt, or 'orl'."),
@@ -39,8 +40,6 @@ def inspect(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead."),
 ) -> None:
     """Print images, identities and pairs of a data source."""
-    from ppfr.data.open import describe_source
-
     info = describe_source(path, image_root=image_root)
     if as_json:
         typer.echo(json.dumps({"path": path, **info}))
@@ -51,3 +50,8 @@ def inspect(
     for key, value in info.items():
         table.add_row(key, f"{value:,}" if isinstance(value, int) else escape(str(value)))
     print_table(table)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``data`` group to the ``ppfr`` app."""
+    app.add_typer(data_app, name="data")

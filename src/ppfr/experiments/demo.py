@@ -10,7 +10,7 @@ their protected representations, the recovery attack trains an inverter on the t
 identities' faces (the attacker's own) and reconstructs the held-out people, and the
 identity attacks (linkage, identity-guided recovery) use the run's unprotected ArcFace as
 the attacker's own recognizer (:mod:`ppfr.attacks`; ArcFace is therefore trained first).
-The results go to ``report.json`` and ``report.html`` (:mod:`ppfr.report`).
+The results go to ``report.json`` and ``report.html`` (:mod:`ppfr.experiments.report`).
 """
 
 from __future__ import annotations
@@ -23,87 +23,18 @@ import numpy as np
 import torch
 
 from ppfr.attacks import create_attack
+from ppfr.attacks._recognizer import attacker_recognizer
 from ppfr.data.base import FaceDataset
 from ppfr.data.orl import load_orl, split_identities
-from ppfr.errors import InputError
 from ppfr.eval.openset import evaluate_open_set, time_per_image
 from ppfr.eval.verification import DEFAULT_FARS
+from ppfr.experiments import presets
+from ppfr.experiments.report import attack_images, write_report
 from ppfr.methods import Method
-from ppfr.report import attack_images, write_report
 from ppfr.train import TrainConfig, Trainer
 
-#: held-out identities in an ORL split
-TEST_IDENTITIES = 10
-#: FARs reported on ORL on top of the protocol's 1e-3 and 1e-4: ten held-out identities give
-#: 450 impostor pairs, too few for a TAR at 1e-3 (it needs 1,000)
-ORL_FARS = (1e-2,)
-
-#: CPU-sized model settings per method, and the epochs of each training stage
-DEMO_MODELS: dict[str, dict[str, Any]] = {
-    "arcface": {"backbone": "ir18", "backbone_width": 0.25},
-    # pixel weight 20, not the paper's 5: in the demo's 108 stage-1 steps the L1 term at 5
-    # leaves the regeneration poor (pixel L1 0.21) and the face in the residue, which the
-    # recovery attack then reads back (SSIM 0.60, judge leakage 81%); at 20 the pixel L1
-    # reaches 0.05 and leakage falls to 64% (docs/results.md)
-    "minusface": {
-        "backbone": "ir18",
-        "backbone_width": 0.25,
-        "generator_width": 8,
-        "pixel_weight": 20.0,
-    },
-    "partialface": {"backbone": "ir18", "backbone_width": 0.25, "train_repeats": 3},
-    "dctdp": {"backbone": "ir18", "backbone_width": 0.25, "eps_mean": 1.0},
-    "duetface": {
-        "backbone": "ir18",
-        "backbone_width": 0.25,
-        "client_width": 0.25,
-        "client_embedding_size": 64,
-    },
-}
-DEMO_EPOCHS: dict[str, dict[str, int]] = {
-    "arcface": {"recognizer": 16},
-    "minusface": {"residue": 6, "protected": 14},  # stage 2 sees every image r=3 times an epoch
-    "partialface": {"recognizer": 6},  # every image 3 times an epoch
-    "dctdp": {"joint": 4},
-    "duetface": {"client": 8, "server": 12},
-}
-#: the recovery attack's inverter in the demo (the published attack uses width 64)
-DEMO_ATTACK: dict[str, int] = {"width": 8, "epochs": 10}
-#: the linkage attack in the demo: the student starts from the attacker's ArcFace backbone
-#: (IR-18 at a quarter width) and trains 6 epochs. Its cost is MinusFace's protect (about
-#: 7 s a pass over the 300 faces on 2 cores), so its epochs and the identity-guided
-#: recovery's are kept low: the two add about 2.5 min to the demo on both methods
-DEMO_LINKAGE: dict[str, Any] = {"epochs": 6}
-#: the identity-guided recovery in the demo: the recovery inverter (width 8) plus the
-#: identity term, 6 epochs
-DEMO_IDENTITY: dict[str, Any] = {"width": 8, "epochs": 6, "identity_weight": 0.5}
 #: held-out people shown in the report's image grids
 GRID_PEOPLE = 6
-
-
-def demo_config(method: str, out: Path, epoch_scale: float = 1.0, seed: int = 0) -> TrainConfig:
-    stages = {}
-    for name, e in DEMO_EPOCHS[method].items():
-        epochs = max(1, round(e * epoch_scale))
-        stages[name] = {"epochs": epochs, "milestones": [max(1, round(epochs * 0.75))]}
-    return TrainConfig.from_dict(
-        {
-            "method": method,
-            "out": str(out / method),
-            "seed": seed,
-            "model": DEMO_MODELS[method],
-            "data": {"source": "orl", "test_identities": TEST_IDENTITIES, "split_seed": seed},
-            "optim": {"batch_size": 16, "lr": 0.05, "weight_decay": 5e-4},
-            "stages": stages,
-        }
-    )
-
-
-def check_methods(methods: tuple[str, ...] | list[str]) -> None:
-    """Refuse methods without a CPU preset in :data:`DEMO_MODELS`."""
-    unknown = [m for m in methods if m not in DEMO_MODELS]
-    if unknown:
-        raise InputError(f"no demo preset for {unknown}; demo methods: {', '.join(DEMO_MODELS)}")
 
 
 def train_preset(
@@ -115,12 +46,13 @@ def train_preset(
     seed: int = 0,
     progress: bool = True,
 ) -> tuple[Method, TrainConfig, float]:
-    """Train ``method`` with its preset (:func:`demo_config`) on ``train_set``.
+    """Train ``method`` on ``train_set`` with its preset
+    (:func:`~ppfr.experiments.presets.demo_config`).
 
     The run goes to ``runs/<method>`` (its bundle in ``runs/<method>/model``). Returns the
     trained model, the config it ran and the wall-clock training seconds.
     """
-    cfg = demo_config(method, runs, epoch_scale, seed)
+    cfg = presets.demo_config(method, runs, epoch_scale, seed)
     t0 = time.perf_counter()
     torch.manual_seed(seed)
     model = Trainer(cfg, dataset=train_set, progress=progress).fit()
@@ -192,14 +124,15 @@ def run_demo(
     grids, plot) and ``results.md`` (the accuracy and cost table). ``attacks=False`` skips
     the attacks (and the report's privacy columns). ArcFace, when listed, trains first: it is
     the attacker's recognizer for the identity attacks. The recovery inverter has
-    ``attack_width`` (default :data:`DEMO_ATTACK`'s; 64 is the published full-size network)
-    and trains ``attack_epochs`` (default :data:`DEMO_ATTACK`'s, scaled by ``epoch_scale``).
+    ``attack_width`` (default ``presets.DEMO_ATTACK``'s; 64 is the published full-size
+    network) and trains ``attack_epochs`` (default ``presets.DEMO_ATTACK``'s, scaled by
+    ``epoch_scale``).
     """
-    check_methods(methods)
+    presets.check_methods(methods)
     t_start = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    train_ids, test_ids = split_identities(TEST_IDENTITIES, seed)
+    train_ids, test_ids = split_identities(presets.TEST_IDENTITIES, seed)
     train_set, test_set = load_orl(train_ids, aligned=True), load_orl(test_ids, aligned=True)
     log(
         f"ORL: {len(train_ids)} training identities ({len(train_set)} images), "
@@ -218,7 +151,7 @@ def run_demo(
         )
         if method == "arcface":  # the attacker's own recognizer for the identity attacks
             recognizer = model
-        r = score_model(model, test_set, seed=seed, progress=progress, extra_fars=ORL_FARS)
+        r = score_model(model, test_set, seed=seed, progress=progress, extra_fars=presets.ORL_FARS)
         results["methods"][method] = {
             **r,
             "train_seconds": train_s,
@@ -236,7 +169,7 @@ def run_demo(
                 test_set,
                 seed=seed,
                 width=attack_width,
-                epochs=attack_epochs or max(1, round(DEMO_ATTACK["epochs"] * epoch_scale)),
+                epochs=attack_epochs or max(1, round(presets.DEMO_ATTACK["epochs"] * epoch_scale)),
                 progress=progress,
                 recognizer=recognizer,
                 epoch_scale=epoch_scale,
@@ -268,9 +201,10 @@ def attack_model(
     """Viewing, recovery, linkage and identity-guided recovery attacks on ``victim_set``.
 
     The attacker owns ``aux_set`` (faces and identities). The recovery inverter has
-    ``width`` and trains ``epochs`` (default: :data:`DEMO_ATTACK`). The identity attacks
-    (``identity=False`` skips them) use :data:`DEMO_LINKAGE` and :data:`DEMO_IDENTITY`, their
-    epochs scaled by ``epoch_scale``, and the attacker's ``recognizer`` (the run's
+    ``width`` and trains ``epochs`` (default: ``presets.DEMO_ATTACK``). The identity
+    attacks (``identity=False`` skips them) use ``presets.DEMO_LINKAGE`` and
+    ``presets.DEMO_IDENTITY``, their epochs scaled by ``epoch_scale``, and the attacker's
+    ``recognizer`` (the run's
     unprotected ArcFace; None trains one on ``aux_set``). Returns the scores per attack and
     the image rows (originals, views, reconstructions, identity-guided reconstructions) of
     :data:`GRID_PEOPLE` victims, one image per person.
@@ -280,8 +214,8 @@ def attack_model(
     viewing = create_attack("viewing")
     recovery = create_attack(
         "recovery",
-        width=width or DEMO_ATTACK["width"],
-        epochs=epochs or DEMO_ATTACK["epochs"],
+        width=width or presets.DEMO_ATTACK["width"],
+        epochs=epochs or presets.DEMO_ATTACK["epochs"],
         progress=progress,
     )
     scores = {
@@ -297,18 +231,19 @@ def attack_model(
     ]
     if identity:
         if recognizer is None:  # train the attacker's own once, for both identity attacks
-            from ppfr.attacks._recognizer import attacker_recognizer
-
             recognizer = attacker_recognizer(None, aux=aux, aux_labels=aux_labels, seed=seed)
 
         def scaled(preset: dict[str, Any]) -> dict[str, Any]:
             return {**preset, "epochs": max(1, round(preset["epochs"] * epoch_scale))}
 
         linkage = create_attack(
-            "linkage", recognizer=recognizer, progress=progress, **scaled(DEMO_LINKAGE)
+            "linkage", recognizer=recognizer, progress=progress, **scaled(presets.DEMO_LINKAGE)
         )
         guided = create_attack(
-            "identity-recovery", recognizer=recognizer, progress=progress, **scaled(DEMO_IDENTITY)
+            "identity-recovery",
+            recognizer=recognizer,
+            progress=progress,
+            **scaled(presets.DEMO_IDENTITY),
         )
         scores["linkage"] = linkage.run(model, victims, labels, aux=aux, seed=seed)
         scores["identity-recovery"] = guided.run(model, victims, labels, aux=aux, seed=seed)

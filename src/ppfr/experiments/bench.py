@@ -8,9 +8,10 @@ for each split seed ``s`` in ``seed .. seed + splits - 1``
 
 1. :func:`~ppfr.data.orl.split_identities` holds out 10 identities (disjoint from the 30
    training ones) with seed ``s``;
-2. every method is trained with its CPU preset (:data:`ppfr.demo.DEMO_MODELS`,
-   :data:`ppfr.demo.DEMO_EPOCHS` times ``epoch_scale``) and training seed ``s`` on the
-   YuNet-aligned training faces;
+2. every method is trained with its CPU preset
+   (:data:`~ppfr.experiments.presets.DEMO_MODELS`,
+   :data:`~ppfr.experiments.presets.DEMO_EPOCHS` times ``epoch_scale``) and training seed
+   ``s`` on the YuNet-aligned training faces;
 3. the held-out faces are scored with the open-set protocol of :mod:`ppfr.eval.openset`: all
    genuine pairs plus as many impostor pairs drawn with seed ``s``, ten folds in order;
 4. protect and embed are timed in ms/image on a batch of 32 held-out faces, and training in
@@ -28,7 +29,7 @@ the impostor pairs allow) aggregates to ``None``.
 
 Example::
 
-    >>> from ppfr.bench import run_orl_bench, bench_table
+    >>> from ppfr.experiments.bench import run_orl_bench, bench_table
     >>> res = run_orl_bench(["arcface", "minusface"], out="bench-out")  # doctest: +SKIP
     >>> print(bench_table(res))                                         # doctest: +SKIP
 """
@@ -45,13 +46,16 @@ import numpy as np
 import torch
 
 import ppfr
-from ppfr import demo
+from ppfr.data.base import FaceDataset
 from ppfr.data.orl import load_orl, split_identities
 from ppfr.errors import InputError
+from ppfr.experiments import demo, presets
+from ppfr.methods import Method
+from ppfr.train import TrainConfig
 
 #: held-out identities per split, and the extra FARs reported: the demo's
-TEST_IDENTITIES = demo.TEST_IDENTITIES
-BENCH_FARS = demo.ORL_FARS
+TEST_IDENTITIES = presets.TEST_IDENTITIES
+BENCH_FARS = presets.ORL_FARS
 #: faces in the batch used to time protect and embed
 TIMING_BATCH = 32
 #: per-split figures aggregated as mean and std
@@ -103,7 +107,7 @@ def run_orl_bench(
     """Train and score ``methods`` on ``splits`` ORL identity splits (see the module docs).
 
     Args:
-        methods: method names with a preset in :data:`ppfr.demo.DEMO_MODELS`.
+        methods: method names with a preset in :data:`~ppfr.experiments.presets.DEMO_MODELS`.
         splits: number of identity splits; split ``k`` uses seed ``seed + k`` for the
             held-out identities, the training and the impostor pairs.
         epoch_scale: multiplies every stage's preset epochs (at least one epoch each).
@@ -113,7 +117,7 @@ def run_orl_bench(
         seed: first split seed.
         progress: tqdm bars for training and embedding.
         attack: recovery inverter settings ``{"width", "epochs"}`` (the demo's
-            :data:`ppfr.demo.DEMO_ATTACK` by default); ``{}`` skips the attacks.
+            :data:`~ppfr.experiments.presets.DEMO_ATTACK` by default); ``{}`` skips the attacks.
         log: receives one line per split and per trained method.
 
     Returns:
@@ -128,7 +132,7 @@ def run_orl_bench(
     twice = sorted({m for m in methods if methods.count(m) > 1})
     if twice:
         raise InputError(f"method(s) listed more than once: {', '.join(twice)}")
-    demo.check_methods(methods)
+    presets.check_methods(methods)
     if int(splits) != splits or splits < 1:
         raise InputError(f"splits must be a positive integer, got {splits}")
     if not epoch_scale > 0:
@@ -160,110 +164,211 @@ def _run(
     log: Callable[[str], Any],
     keep: bool,
 ) -> dict[str, Any]:
-    attack = dict(demo.DEMO_ATTACK) if attack is None else dict(attack)
+    """Every split in turn (:func:`_run_split`), then the summary (:func:`_summarise`)."""
+    attack = dict(presets.DEMO_ATTACK) if attack is None else dict(attack)
     split_seeds = [seed + k for k in range(int(splits))]
-    recognizer_note = (
-        "the split's arcface model"
-        if "arcface" in methods
-        else "an arcface trained on the attacker's faces for each method"
-    )
     per_split: list[dict[str, Any]] = []
-    configs: dict[str, dict[str, Any]] = {}
+    configs: dict[str, TrainConfig] = {}
     for k, s in enumerate(split_seeds):
-        train_ids, test_ids = split_identities(TEST_IDENTITIES, s)
-        train_set = load_orl(train_ids, aligned=True)
-        test_set = load_orl(test_ids, aligned=True)
-        log(
-            f"split {k + 1}/{len(split_seeds)} (seed {s}): {len(train_ids)} training identities "
-            f"({len(train_set)} images), held out {test_ids} ({len(test_set)} images)"
+        split, split_configs = _run_split(
+            methods,
+            s,
+            f"split {k + 1}/{len(split_seeds)}",
+            runs / f"split-{s}",
+            epoch_scale=epoch_scale,
+            progress=progress,
+            attack=attack,
+            log=log,
+            keep=keep,
         )
-        split: dict[str, Any] = {
-            "seed": s,
-            "train_identities": train_ids,
-            "test_identities": test_ids,
-            "methods": {},
-        }
-        recognizer = None
-        for method in demo.attacker_first(methods):
-            model, cfg, train_s = demo.train_preset(
-                method,
-                train_set,
-                runs / f"split-{s}",
-                epoch_scale=epoch_scale,
-                seed=s,
-                progress=progress,
-            )
-            r = demo.score_model(
-                model,
-                test_set,
-                seed=s,
-                progress=progress,
-                extra_fars=BENCH_FARS,
-                timing_batch=TIMING_BATCH,
-            )
-            r["train_seconds"] = train_s
-            if method == "arcface":  # the attacker's recognizer for the identity attacks
-                recognizer = model
-            if attack:
-                scores, _ = demo.attack_model(
-                    model,
-                    train_set,
-                    test_set,
-                    seed=s,
-                    progress=progress,
-                    recognizer=recognizer,
-                    epoch_scale=epoch_scale,
-                    **attack,
-                )
-                r.update(attack_figures(scores))
-            r["device"] = str(model.device)
-            r["model_dir"] = str(Path(cfg.out) / "model") if keep else None
-            split["methods"][method] = r
-            # the preset settings are the same for every split; seed and folder are not
-            c = cfg.to_dict()
-            configs.setdefault(method, {key: c[key] for key in ("model", "optim", "stages")})
-            log(
-                f"  {method}: accuracy {100 * r['accuracy']:.2f} ± {100 * r['std']:.2f} % "
-                f"({r['pairs']} pairs), AUC {_num(r['auc'], 4)}, trained in {train_s:.0f} s"
-                + (f"; {demo.attack_summary(scores)}" if attack else "")
-            )
-        # per split in the order asked for (training ran the attacker's recognizer first)
-        split["methods"] = {m: split["methods"][m] for m in methods}
         per_split.append(split)
+        # the preset settings are the same for every split; seed and folder are not
+        for method, cfg in split_configs.items():
+            configs.setdefault(method, cfg)
+    return _summarise(methods, seed, split_seeds, epoch_scale, attack, configs, per_split)
 
+
+def _run_split(
+    methods: list[str],
+    s: int,
+    name: str,
+    runs: Path,
+    *,
+    epoch_scale: float,
+    progress: bool,
+    attack: dict[str, int],
+    log: Callable[[str], Any],
+    keep: bool,
+) -> tuple[dict[str, Any], dict[str, TrainConfig]]:
+    """One identity split with seed ``s``: every method trained, scored and attacked.
+
+    Returns the split's record (seed, identities, per-method figures in the order of
+    ``methods``) and the config each method trained with.
+    """
+    train_ids, test_ids = split_identities(TEST_IDENTITIES, s)
+    train_set = load_orl(train_ids, aligned=True)
+    test_set = load_orl(test_ids, aligned=True)
+    log(
+        f"{name} (seed {s}): {len(train_ids)} training identities "
+        f"({len(train_set)} images), held out {test_ids} ({len(test_set)} images)"
+    )
+    figures: dict[str, dict[str, Any]] = {}
+    configs: dict[str, TrainConfig] = {}
+    recognizer = None
+    for method in demo.attacker_first(methods):
+        model, cfg, r = _train_and_score(
+            method, train_set, test_set, runs, s, epoch_scale=epoch_scale, progress=progress
+        )
+        if method == "arcface":  # the attacker's recognizer for the identity attacks
+            recognizer = model
+        scores = None
+        if attack:
+            scores = _attack(
+                model, train_set, test_set, s, attack, recognizer, epoch_scale, progress
+            )
+            r.update(attack_figures(scores))
+        r["device"] = str(model.device)
+        r["model_dir"] = str(Path(cfg.out) / "model") if keep else None
+        figures[method] = r
+        configs[method] = cfg
+        log(_method_line(method, r, scores))
+    split = {
+        "seed": s,
+        "train_identities": train_ids,
+        "test_identities": test_ids,
+        # in the order asked for (training ran the attacker's recognizer first)
+        "methods": {m: figures[m] for m in methods},
+    }
+    return split, configs
+
+
+def _train_and_score(
+    method: str,
+    train_set: FaceDataset,
+    test_set: FaceDataset,
+    runs: Path,
+    s: int,
+    *,
+    epoch_scale: float,
+    progress: bool,
+) -> tuple[Method, TrainConfig, dict[str, Any]]:
+    """Train ``method``'s preset with seed ``s``; its verification figures and costs."""
+    model, cfg, train_s = demo.train_preset(
+        method, train_set, runs, epoch_scale=epoch_scale, seed=s, progress=progress
+    )
+    r = demo.score_model(
+        model,
+        test_set,
+        seed=s,
+        progress=progress,
+        extra_fars=BENCH_FARS,
+        timing_batch=TIMING_BATCH,
+    )
+    r["train_seconds"] = train_s
+    return model, cfg, r
+
+
+def _attack(
+    model: Method,
+    train_set: FaceDataset,
+    test_set: FaceDataset,
+    s: int,
+    attack: dict[str, int],
+    recognizer: Method | None,
+    epoch_scale: float,
+    progress: bool,
+) -> dict[str, dict[str, Any]]:
+    """The demo's attacks on the held-out faces; the attacker owns the training faces."""
+    scores, _ = demo.attack_model(
+        model,
+        train_set,
+        test_set,
+        seed=s,
+        progress=progress,
+        recognizer=recognizer,
+        epoch_scale=epoch_scale,
+        **attack,
+    )
+    return scores
+
+
+def _method_line(method: str, r: dict[str, Any], scores: dict[str, Any] | None) -> str:
+    """The log line of one trained method."""
+    line = (
+        f"  {method}: accuracy {100 * r['accuracy']:.2f} ± {100 * r['std']:.2f} % "
+        f"({r['pairs']} pairs), AUC {_num(r['auc'], 4)}, trained in {r['train_seconds']:.0f} s"
+    )
+    return line + (f"; {demo.attack_summary(scores)}" if scores is not None else "")
+
+
+def _summarise(
+    methods: list[str],
+    seed: int,
+    split_seeds: list[int],
+    epoch_scale: float,
+    attack: dict[str, int],
+    configs: dict[str, TrainConfig],
+    per_split: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """The benchmark's record: settings, every split, and per method mean ± std."""
     return {
         "benchmark": "orl",
-        "settings": {
-            "methods": methods,
-            "splits": len(split_seeds),
-            "seed": seed,
-            "split_seeds": split_seeds,
-            "epoch_scale": epoch_scale,
-            "test_identities": TEST_IDENTITIES,
-            "aligned": True,
-            "pairs": "all genuine pairs of the held-out identities + as many impostor pairs "
-            "(drawn with the split seed)",
-            "folds": 10,
-            "timing_batch": TIMING_BATCH,
-            "attack": attack or None,
-            "linkage": {**demo.DEMO_LINKAGE, "recognizer": recognizer_note} if attack else None,
-            "identity_recovery": {**demo.DEMO_IDENTITY, "recognizer": recognizer_note}
-            if attack
-            else None,
-            "std": "population (numpy ddof=0) over splits",
-            "presets": configs,
-            "device": per_split[0]["methods"][methods[0]]["device"],
-            "threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-            "ppfr": ppfr.__version__,
-        },
+        "settings": _settings(methods, seed, split_seeds, epoch_scale, attack, configs, per_split),
         "splits": per_split,
         "methods": {m: _aggregate([sp["methods"][m] for sp in per_split]) for m in methods},
     }
 
 
+def _settings(
+    methods: list[str],
+    seed: int,
+    split_seeds: list[int],
+    epoch_scale: float,
+    attack: dict[str, int],
+    configs: dict[str, TrainConfig],
+    per_split: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """Everything needed to rerun the benchmark, and where it ran."""
+    recognizer_note = (
+        "the split's arcface model"
+        if "arcface" in methods
+        else "an arcface trained on the attacker's faces for each method"
+    )
+    linkage = {**presets.DEMO_LINKAGE, "recognizer": recognizer_note}
+    identity = {**presets.DEMO_IDENTITY, "recognizer": recognizer_note}
+    return {
+        "methods": methods,
+        "splits": len(split_seeds),
+        "seed": seed,
+        "split_seeds": split_seeds,
+        "epoch_scale": epoch_scale,
+        "test_identities": TEST_IDENTITIES,
+        "aligned": True,
+        "pairs": "all genuine pairs of the held-out identities + as many impostor pairs "
+        "(drawn with the split seed)",
+        "folds": 10,
+        "timing_batch": TIMING_BATCH,
+        "attack": attack or None,
+        "linkage": linkage if attack else None,
+        "identity_recovery": identity if attack else None,
+        "std": "population (numpy ddof=0) over splits",
+        "presets": {m: _preset_settings(cfg) for m, cfg in configs.items()},
+        "device": per_split[0]["methods"][methods[0]]["device"],
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "ppfr": ppfr.__version__,
+    }
+
+
+def _preset_settings(cfg: TrainConfig) -> dict[str, Any]:
+    """The part of a preset's config that is the same in every split."""
+    c = cfg.to_dict()
+    return {key: c[key] for key in ("model", "optim", "stages")}
+
+
 def attack_figures(scores: dict[str, dict[str, Any]]) -> dict[str, float | None]:
-    """Flatten :func:`ppfr.demo.attack_model` scores to ``"<prefix>_<score>"`` figures.
+    """Flatten :func:`~ppfr.experiments.demo.attack_model` scores to ``"<prefix>_<score>"``
+    figures.
 
     ``tar_<far>`` reads the linkage TAR at that FAR (None where the pairs cannot measure
     it); a NaN (rank-1 without probes) becomes None, which JSON can hold.

@@ -1,4 +1,4 @@
-"""``ppfr attack``: run a privacy attack on a trained model (mounted by ``ppfr.cli``).
+"""``ppfr attack``: run a privacy attack on a trained model.
 
     ppfr attack --model DIR --attack recovery [--json OUT] [--grid OUT.png]
     ppfr attack --model DIR --attack linkage [--recognizer BUNDLE_OR_ONNX]
@@ -26,8 +26,12 @@ import numpy as np
 import torch
 import typer
 
-from ppfr._cli import console, friendly
+import ppfr
+from ppfr.cli._common import ClientModelOpt, console, friendly
+from ppfr.data.base import FaceDataset
+from ppfr.data.open import open_source
 from ppfr.errors import InputError
+from ppfr.experiments.report import attack_images, save_grid
 
 ATTACK_HELP = (
     "Attack: viewing, recovery, adaptive, linkage or identity-recovery "
@@ -40,6 +44,7 @@ def attack_data(
 ) -> tuple[torch.Tensor, np.ndarray, torch.Tensor, np.ndarray]:
     """(victim faces, victim labels, attacker's faces, attacker's labels), disjoint identities."""
     if data.lower() in ("orl", "orl-padded"):
+        # deferred: the ORL loader (image decoding, alignment) is not loaded for `ppfr --help`
         from ppfr.data.orl import load_orl, split_identities
 
         try:
@@ -49,9 +54,6 @@ def attack_data(
         aligned = data.lower() == "orl"
         victims, aux = load_orl(victim_ids, aligned=aligned), load_orl(aux_ids, aligned=aligned)
         return victims.stack(), np.asarray(victims.labels), aux.stack(), np.asarray(aux.labels)
-    from ppfr.data.base import FaceDataset
-    from ppfr.data.open import open_source
-
     ds = open_source(data)
     if not isinstance(ds, FaceDataset):
         raise InputError(f"{data}: attacks need identity-labelled faces, not a pair pack")
@@ -68,7 +70,7 @@ def attack_data(
 
 @friendly
 def attack_cmd(
-    model: Annotated[Path, typer.Option("--model", help="Model bundle (client part used).")],
+    model: ClientModelOpt,
     attack: Annotated[str, typer.Option("--attack", help=ATTACK_HELP)] = "recovery",
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the scores here.")] = None,
     grid: Annotated[
@@ -103,7 +105,7 @@ def attack_cmd(
 ) -> None:
     """Attack a model's protection and score it: SSIM, PSNR, judge leakage, rank-1 (linkage:
     AUC, verification accuracy, TAR, rank-1 against photos)."""
-    import ppfr
+    # deferred: the attacks (and their networks) are not loaded for `ppfr --help`
     from ppfr.attacks import create_attack, list_attacks
 
     name = attack.strip().lower()
@@ -160,8 +162,6 @@ def attack_cmd(
     if grid is not None and name == "linkage":
         console.print("--grid: the linkage attack makes embeddings, not images; no grid")
     elif grid is not None:
-        from ppfr.report import attack_images, save_grid
-
         pick = _one_per_person(labels, 8)
         images = attack_images(runner, method, victims[pick], seed=seed)
         save_grid(grid, [(victims[pick] + 1) / 2, images], ["original", name])
@@ -181,3 +181,8 @@ def _range(text: str) -> tuple[float, float]:
 def _one_per_person(labels: np.ndarray, k: int) -> list[int]:
     _, first = np.unique(labels, return_index=True)
     return sorted(first.tolist())[:k]
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``attack`` to the ``ppfr`` app."""
+    app.command("attack")(attack_cmd)

@@ -1,0 +1,94 @@
+"""``ppfr bench orl --methods arcface,minusface [--splits 3] [--epochs 1.0] [--out DIR]``:
+every method trained with its CPU preset over several ORL identity splits
+(:func:`ppfr.experiments.bench.run_orl_bench`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from ppfr.cli._common import console, friendly, print_table, write_json
+
+bench_app = typer.Typer(
+    help="Benchmarks: train methods with the same budget and compare them.",
+    no_args_is_help=True,
+)
+
+
+@bench_app.callback()
+def _bench() -> None:
+    """Train methods with the same budget and compare them."""
+    # an explicit callback keeps `orl` a sub-command while it is the only one
+
+
+@bench_app.command("orl")
+@friendly
+def bench_orl(
+    methods: Annotated[
+        str, typer.Option(help="Comma-separated methods (each needs a demo preset).")
+    ] = "arcface,minusface",
+    splits: Annotated[
+        int, typer.Option(min=1, help="Identity splits (seeds SEED, SEED+1, ...).")
+    ] = 3,
+    epochs: Annotated[float, typer.Option(help="Scale every preset's training epochs.")] = 1.0,
+    seed: Annotated[int, typer.Option(help="First split seed.")] = 0,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Keep the runs here and write bench.json and bench.md (else temporary)."),
+    ] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the results here.")] = None,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    attacks: Annotated[bool, typer.Option(help="Run the viewing and recovery attacks.")] = True,
+    attack_width: Annotated[int, typer.Option(help="Recovery inverter width (64: full).")] = 8,
+    attack_epochs: Annotated[int, typer.Option(help="Recovery inverter epochs.")] = 10,
+) -> None:
+    """ORL: train each method on 30 identities, verify and attack 10 held-out ones (mean ± std).
+
+    The recovery attacker owns the training identities' faces; the victims are the held-out
+    ones. Accuracy, privacy (SSIM, PSNR, judge leakage), bytes sent and client/server costs.
+    """
+    # deferred: the experiments pull in training, evaluation and every attack
+    from ppfr.experiments.bench import bench_rows, run_orl_bench
+
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    results = run_orl_bench(
+        names,
+        splits=splits,
+        epoch_scale=epochs,
+        out=out,
+        seed=seed,
+        progress=progress,
+        attack={"width": attack_width, "epochs": attack_epochs} if attacks else {},
+        log=lambda line: console.print(escape(line), highlight=False),
+    )
+    s = results["settings"]
+    headers, rows = bench_rows(results)
+    table = Table(
+        title=f"ORL open-set verification, {s['splits']} split(s) x {s['test_identities']} "
+        f"held-out identities (mean ± std over splits)"
+    )
+    short = ["method", "accuracy %", "AUC", "TAR@1e-2 %", "TAR@1e-3 %", "train s"]
+    short += ["protect ms/img", "embed ms/img", "bytes/face"]
+    short += ["viewing leak %", "recovery SSIM", "recovery PSNR", "recovery leak %"]
+    for h in short:
+        if h == "method":
+            table.add_column(h, no_wrap=True)
+        else:  # a narrow terminal wraps "mean ± std" at the space rather than cut it
+            table.add_column(h, justify="right", overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    print_table(table)
+    if json_out is not None:
+        write_json(json_out, results)
+        console.print(f"results: {escape(str(json_out))}", highlight=False)
+    if out is not None:
+        console.print(f"written: {out / 'bench.json'}, {out / 'bench.md'}", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``bench`` group to the ``ppfr`` app."""
+    app.add_typer(bench_app, name="bench")
