@@ -205,7 +205,8 @@ class Service:
             "representation_dtype": ["float32", "float16"],
             # None: unbounded (DCTDP, PartialFace, DuetFace); JSON has no infinity
             "representation_range": (
-                None if self.model.representation_range is None
+                None
+                if self.model.representation_range is None
                 else list(self.model.representation_range)
             ),
             "client_fingerprint": self.client_fingerprint,
