@@ -43,8 +43,14 @@ def bench_orl(
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the results here.")] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
     attacks: Annotated[bool, typer.Option(help="Run the viewing and recovery attacks.")] = True,
-    attack_width: Annotated[int, typer.Option(help="Recovery inverter width (64: full).")] = 8,
-    attack_epochs: Annotated[int, typer.Option(help="Recovery inverter epochs.")] = 10,
+    attack_width: Annotated[
+        int | None,
+        typer.Option(help="Recovery inverter width (64: full; default: the preset's, 8).", min=1),
+    ] = None,
+    attack_epochs: Annotated[
+        int | None,
+        typer.Option(help="Recovery inverter epochs (default: the preset's, 10).", min=1),
+    ] = None,
 ) -> None:
     """ORL: train each method on 30 identities, verify and attack 10 held-out ones (mean ± std).
 
@@ -52,9 +58,13 @@ def bench_orl(
     ones. Accuracy, privacy (SSIM, PSNR, judge leakage), bytes sent and client/server costs.
     """
     # deferred: the experiments pull in training, evaluation and every attack
+    from ppfr.experiments import presets
     from ppfr.experiments.bench import bench_rows, run_orl_bench
 
     names = [m.strip() for m in methods.split(",") if m.strip()]
+    # the preset's recovery inverter, with what the options set ({}: no attacks)
+    given = {"width": attack_width, "epochs": attack_epochs}
+    inverter = {**presets.DEMO_ATTACK, **{k: v for k, v in given.items() if v is not None}}
     results = run_orl_bench(
         names,
         splits=splits,
@@ -62,7 +72,7 @@ def bench_orl(
         out=out,
         seed=seed,
         progress=progress,
-        attack={"width": attack_width, "epochs": attack_epochs} if attacks else {},
+        attack=inverter if attacks else {},
         log=lambda line: console.print(escape(line), highlight=False),
     )
     s = results["settings"]
