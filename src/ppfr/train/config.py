@@ -1,6 +1,7 @@
 """Training configuration: one dataclass tree, read from and written to TOML.
 
-Example ``configs/minusface-orl.toml``::
+Example (the layout of the files in ``configs/``; ``configs/*-orl.toml`` are generated from
+the CPU presets, ``python -m ppfr.experiments.presets configs``)::
 
     method = "minusface"
     out = "runs/minusface-orl"
