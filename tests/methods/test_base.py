@@ -36,11 +36,10 @@ def test_recognition_scales_then_recognizes():
     assert list(scaled.state_dict()) == ["recognizer.weight", "recognizer.bias"]
 
 
-@pytest.mark.parametrize("name", METHODS)
+# DuetFace overrides embed: its server reads the unpacked high channels and the maps
+@pytest.mark.parametrize("name", [m for m in METHODS if m != "duetface"])
 def test_embed_is_the_normalised_server_output(name, faces):
     m = _model(name)
-    if name == "duetface":
-        pytest.skip("DuetFace's server reads the unpacked high channels and maps")
     with torch.no_grad():
         p = m.protect(faces, torch.Generator().manual_seed(0))
         assert torch.equal(m.embed(p), F.normalize(m.server(p)))
