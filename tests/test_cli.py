@@ -7,8 +7,11 @@ import pytest
 from typer.testing import CliRunner
 
 import ppfr
+import ppfr.data.orl
+import ppfr.experiments.demo
 import ppfr.experiments.presets
 from ppfr.cli import app
+from ppfr.data.base import TensorFaces
 from ppfr.data.images import save_image, to_uint8
 from tests.conftest import TINY, TINY_MINUSFACE
 
@@ -105,6 +108,18 @@ def test_demo_end_to_end(tmp_path, monkeypatch):
     monkeypatch.setattr(ppfr.experiments.presets, "DEMO_ATTACK", {"width": 2, "epochs": 1})
     monkeypatch.setattr(ppfr.experiments.presets, "DEMO_LINKAGE", {"epochs": 1})
     monkeypatch.setattr(ppfr.experiments.presets, "DEMO_IDENTITY", {"width": 2, "epochs": 1})
+    loaded = []
+
+    def small_orl(ids, aligned=False):
+        # the demo's own split and loader, cut to 3 training / 5 held-out images per person
+        # (alignment and the full-size run are checked elsewhere: tests/test_align.py, docs)
+        loaded.append(aligned)
+        full = ppfr.data.orl.load_orl(ids, aligned=aligned)
+        keep = 3 if len(ids) > 10 else 5
+        idx = [i for i in range(len(full)) if i % 10 < keep]
+        return TensorFaces(full.faces[idx], full.labels[idx], full.classes)
+
+    monkeypatch.setattr(ppfr.experiments.demo, "load_orl", small_orl)
     res = runner.invoke(app, ["demo", "--out", str(tmp_path)])
     assert res.exit_code == 0, res.output
     results = json.loads((tmp_path / "report.json").read_text())
@@ -122,6 +137,7 @@ def test_demo_end_to_end(tmp_path, monkeypatch):
     assert "minusface" in page and "recovery leakage" in page
     assert not set(results["data"]["train_identities"]) & set(results["data"]["test_identities"])
     assert "| minusface |" in (tmp_path / "results.md").read_text()
+    assert loaded == [True, True]  # the demo asks for the aligned faces
     res = runner.invoke(app, ["demo", "--out", str(tmp_path), "--methods", "partialfac"])
     assert res.exit_code == 2 and "no demo preset" in res.output
 

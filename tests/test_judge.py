@@ -195,3 +195,21 @@ def test_verify_command(tmp_path, orl):
     assert "different people" in res.output
     res = runner.invoke(app, ["judge", "verify", str(tmp_path / "missing.png"), str(raw)])
     assert res.exit_code == 2 and "no such file" in res.output
+
+
+def test_embed_remembers_recent_inputs_by_content(judge):
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, (3, 3, 112, 112)).astype(np.float32)
+    first = judge.embed(x)
+    first[:] = 0  # the caller's copy: the remembered result must not change with it
+    again = judge.embed(x.copy())  # same pixels, another array
+    assert np.abs(again).sum() > 0 and np.allclose(np.linalg.norm(again, axis=1), 1, atol=1e-5)
+    y = x.copy()
+    y[0, 0, 0, 0] += 0.5  # one pixel differs: embedded afresh, other faces unchanged
+    other = judge.embed(y)
+    assert np.array_equal(other[1:], again[1:])
+    fresh = Judge()._embed_pixels(np.ascontiguousarray((x + 1) * 127.5))
+    assert np.allclose(fresh, again, atol=1e-6)
+    for k in range(Judge.MEMO_ENTRIES + 2):  # bounded: old entries leave
+        judge.embed(x[:1] + k * 1e-3)
+    assert len(judge._memo) == Judge.MEMO_ENTRIES
