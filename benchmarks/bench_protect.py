@@ -19,17 +19,21 @@ ppfr.tune_allocator()  # as every ppfr process does (docs/benchmarks.md, "Alloca
 
 
 def latency(widths: list[int]) -> None:
-    print("| client model | batch | protect ms/img | embed ms/img (IR-18) |")
-    print("|---|---|---|---|")
+    print("| client model | batch | protect ms/img | protect, plain path | embed ms/img (IR-18) |")
+    print("|---|---|---|---|---|")
     for width in widths:
         m = ppfr.create("minusface", generator_width=width).eval()
+        client = m.client
         for batch in (1, 32):
             x = torch.rand(batch, 3, 112, 112) * 2 - 1
             with torch.inference_mode():
                 p = m.protect(x)
                 pm = per_item_ms(lambda x=x: m.protect(x), batch, repeats=3)
+                client.composed = False  # the residue formed, shuffled and decoded
+                plain = per_item_ms(lambda x=x: m.protect(x), batch, repeats=3)
+                client.composed = True
                 em = per_item_ms(lambda p=p: m.embed(p), batch, repeats=3)
-            print(f"| U-Net width {width} | {batch} | {pm:.1f} | {em:.1f} |")
+            print(f"| U-Net width {width} | {batch} | {pm:.1f} | {plain:.1f} | {em:.1f} |")
 
 
 def training(configs: dict[str, dict], batch: int = 32, steps: int = 4) -> None:

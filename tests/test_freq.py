@@ -213,3 +213,63 @@ def test_sample_coefficients_encodes_a_random_sample_in_batches():
     torch.randperm(7, generator=ref)
     assert torch.equal(torch.rand(3, generator=gen), torch.rand(3, generator=ref))
     assert sum(len(b) for b in freq.sample_coefficients(data, 100)) == 7
+
+
+# ---- the transform composed with a network's first and last layer
+
+
+def test_encode_conv_is_the_convolution_of_the_encoding():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(3, 3, 112, 112, generator=g, dtype=torch.float64) * 2 - 1
+    x[0] = 1.0  # a flat image: every block but the borders' sees the same neighbourhood
+    w = torch.randn(5, 192, 3, 3, generator=g, dtype=torch.float64)
+    direct = F.conv2d(reference_encode(x), w, padding=1)
+    got = freq.encode_conv(x, freq.encode_conv_kernel(w))
+    assert got.shape == (3, 5, 112, 112) and got.dtype == torch.float64
+    # float64 all the way: equal to rounding, the zero-padded border included
+    assert torch.allclose(got, direct, rtol=0, atol=1e-9 * direct.abs().max())
+    w32, x32 = w.float(), x.float()
+    got32 = freq.encode_conv(x32, freq.encode_conv_kernel(w32))
+    assert got32.dtype == torch.float32
+    assert (got32 - direct).abs().max() < 1e-5 * direct.abs().max()
+
+
+def test_decode_linear_is_the_decoding_of_the_layer():
+    g = torch.Generator().manual_seed(1)
+    h = torch.randn(2, 6, 112, 112, generator=g, dtype=torch.float64)
+    w = torch.randn(2, 192, 6, generator=g, dtype=torch.float64) * 20
+    b = torch.randn(2, 192, generator=g, dtype=torch.float64) * 20
+    f = torch.einsum("bcj,bjhw->bchw", w, h) + b[:, :, None, None]
+    direct = reference_decode(f).clamp(0, 1)
+    got = freq.decode_linear(h, w, b)
+    assert got.shape == (2, 3, 112, 112)
+    assert 0 < (direct > 0).float().mean() < 1  # the clamp matters on this input
+    # the definition's colour constants are rounded (as in test_decode_matches_definition);
+    # against decode itself the composition is exact to float64 rounding
+    assert torch.allclose(got, direct, rtol=0, atol=1e-5)
+    assert torch.allclose(got, freq.decode(f), rtol=0, atol=1e-12)
+    # one weight for the whole batch is the same as that weight repeated per image
+    assert torch.equal(
+        freq.decode_linear(h, w[0], b[0]),
+        freq.decode_linear(h, w[:1].expand(2, -1, -1), b[:1].expand(2, -1)),
+    )
+
+
+_FACES, _KERNEL = torch.zeros(1, 3, 112, 112), torch.zeros(112 * 112, 75, 4)
+_H, _W, _B = torch.zeros(1, 4, 112, 112), torch.zeros(192, 4), torch.zeros(192)
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: freq.encode_conv_kernel(torch.zeros(4, 191, 3, 3)), r"\(O, 192, 3, 3\)"),
+        (lambda: freq.encode_conv(_FACES, torch.zeros(10, 75, 4)), "kernel"),
+        (lambda: freq.encode_conv(_FACES + 2, _KERNEL), r"\[-1, 1\]"),
+        (lambda: freq.decode_linear(_H[..., :56, :56], _W, _B), r"\(B, C, 112, 112\)"),
+        (lambda: freq.decode_linear(_H, _W[1:], _B), "weight must be"),
+        (lambda: freq.decode_linear(_H, _W, _B[None]), "weight must be"),
+    ],
+)
+def test_composed_transforms_reject_bad_input(call, message):
+    with pytest.raises(InputError, match=message):
+        call()

@@ -38,6 +38,31 @@ def test_protect_is_the_decoded_shuffled_residue(faces):
     assert torch.allclose(p, expected, atol=1e-6)
 
 
+def test_composed_protect_agrees_with_the_plain_path_and_follows_weight_updates(faces):
+    m = _model()
+    g = m.client.generator
+    with torch.no_grad():  # a residue well away from zero, so the comparison means something
+        g.out.weight.normal_(0, 0.1, generator=torch.Generator().manual_seed(1))
+        g.out.bias.normal_(0, 0.1, generator=torch.Generator().manual_seed(2))
+
+    def both():
+        with torch.no_grad():  # no gradient wanted: the composed path
+            composed = m.protect(faces, generator=torch.Generator().manual_seed(7))
+        key = m.client._stem_cache[0]
+        plain = m.protect(faces, generator=torch.Generator().manual_seed(7))  # autograd: plain
+        assert plain.requires_grad and not composed.requires_grad
+        assert m.client._stem_cache[0] == key  # the plain path neither used nor rebuilt it
+        assert (composed - plain).abs().max() < 1e-5
+        return composed, key
+
+    first, key = both()
+    assert first.std() > 0.02 and 0 < first.min() and first.max() < 1  # not flat, not clamped
+    with torch.no_grad():
+        g.stem.weight.mul_(-2.0)  # an in-place update, as an optimiser's
+    second, key2 = both()
+    assert key2 != key and (second - first).abs().max() > 1e-2
+
+
 def test_shuffle_is_a_permutation_per_image():
     r = torch.arange(192.0).view(1, 192, 1, 1).repeat(3, 1, 2, 2)
     s = shuffle_channels(r, torch.Generator().manual_seed(0))

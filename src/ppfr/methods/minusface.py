@@ -19,6 +19,14 @@ orders), drawn anew for every image and every call, then decoded:
 noise. With ``shuffles = n`` the client sends ``n`` independent shuffles stacked as
 ``3n`` channels (more accuracy, more bytes).
 
+How protect computes it. :math:`e`, the U-Net's first convolution, its last (1x1) layer, the
+shuffle and :math:`d` are all linear, so with the default U-Net and ``generator_skip`` the
+client never forms a 192-channel tensor: it applies the first convolution to the image
+through :func:`ppfr.freq.encode_conv` and decodes the U-Net's last features through the
+output layer with its rows in the shuffled order (:func:`ppfr.freq.decode_linear`). Same
+result up to float rounding, about half the time (docs/benchmarks.md). Where gradients
+must reach the generator (stage 1), the plain path runs.
+
 **Stage 2** freezes :math:`g` and trains a new recognizer :math:`f_p` from scratch on
 :math:`X_p` (given to it as :math:`2X_p - 1`); every training image is shuffled anew
 ``train_repeats`` (r = 3) times per epoch.
@@ -59,6 +67,7 @@ from ppfr.methods.base import (
     check_faces,
 )
 from ppfr.nets import create_generator
+from ppfr.nets.unet import UNet
 
 #: with ``generator_skip``, U's output layer starts at this fraction of its default init
 SKIP_INIT_SCALE = 0.01
@@ -100,14 +109,27 @@ def shuffle_channels(r: Tensor, generator: torch.Generator | None = None) -> Ten
         True
     """
     b, c = r.shape[:2]
-    device = generator.device if generator is not None else r.device
+    order = random_orders(b, c, generator, r.device)
+    # rows of the (B * C, H * W) view: index_select copies whole channels
+    flat = (order + torch.arange(b, device=r.device)[:, None] * c).reshape(-1)
+    return r.reshape(b * c, -1).index_select(0, flat).view_as(r)
+
+
+def random_orders(
+    b: int, c: int, generator: torch.Generator | None = None, device: torch.device | None = None
+) -> Tensor:
+    """(b, c): one uniformly random order of ``c`` channels per row, on ``device``."""
+    where = generator.device if generator is not None else device
     # argsort of i.i.d. uniforms is a uniform random permutation per row
-    order = torch.rand(b, c, generator=generator, device=device).argsort(dim=1).to(r.device)
-    return r[torch.arange(b, device=r.device)[:, None], order]
+    return torch.rand(b, c, generator=generator, device=where).argsort(dim=1).to(device)
 
 
 class MinusFaceClient(nn.Module):
     """The device side: ``g``, and with ``e`` and ``d`` the residue and its protection."""
+
+    #: let protect compose the transform with the U-Net's first and last layers when it
+    #: can (see the module docs); False always runs the plain path (for comparisons)
+    composed: bool = True
 
     def __init__(self, cfg: MinusFaceConfig) -> None:
         super().__init__()
@@ -136,13 +158,58 @@ class MinusFaceClient(nn.Module):
         return f, u, f - u
 
     def residue(self, x: Tensor) -> Tensor:
-        return self.regenerate(x)[2]
+        f = freq.encode(x)
+        u = self.generator(f)
+        return -u if self.skip else f - u
 
     def protect(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """X_p = d(shuffle(r)): (B, 3n, 112, 112) in [0, 1], a fresh shuffle per image and call."""
+        if self._composed():
+            return self._protect_composed(x, generator)
         r = self.residue(x)
         views = [freq.decode(shuffle_channels(r, generator)) for _ in range(self.shuffles)]
         return torch.cat(views, dim=1)
+
+    def _composed(self) -> bool:
+        """Whether protect may take the composed path: the U-Net generator with the skip
+        (r = -U(x), linear in U's last features), and no gradient wanted for its weights
+        (the stem's composed kernel is cached, outside autograd)."""
+        if not self.composed or not self.skip or not isinstance(self.generator, UNet):
+            return False
+        return not torch.is_grad_enabled() or not any(
+            p.requires_grad for p in self.generator.parameters()
+        )
+
+    def _protect_composed(self, x: Tensor, generator: torch.Generator | None) -> Tensor:
+        """The same X_p without the 192-channel tensors: the U-Net's stem is applied to the
+        image through ``freq.encode_conv`` (the transform and the stem as one map), and its
+        output layer, negated and with its rows in the shuffled order, goes straight to
+        pixels through ``freq.decode_linear``. Equal to the plain path up to float rounding
+        (``tests/methods/test_minusface.py``), for the same draws of ``generator``."""
+        g = self.generator
+        h = g.hidden(freq.encode_conv(x, self._stem_kernel(x), check_range=False))
+        scale = -g.input_scale  # r = -U = -(out(h)) * input_scale
+        weight = g.out.weight.flatten(1) * scale
+        bias = g.out.bias * scale
+        views = []
+        for _ in range(self.shuffles):
+            order = random_orders(x.shape[0], freq.NUM_CHANNELS, generator, x.device)
+            views.append(freq.decode_linear(h, weight[order], bias[order]))
+        return torch.cat(views, dim=1)
+
+    def _stem_kernel(self, x: Tensor) -> Tensor:
+        """``encode_conv_kernel`` of the stem (its input is the channels / input_scale),
+        rebuilt only when the weights change (in-place updates bump ``_version``)."""
+        w = self.generator.stem.weight
+        key = (id(w), w.data_ptr(), w._version, x.dtype, x.device, self.generator.input_scale)
+        cached = getattr(self, "_stem_cache", None)
+        if cached is None or cached[0] != key:
+            # a normal tensor even under inference_mode, so later autograd may save it
+            with torch.inference_mode(False):
+                kernel = freq.encode_conv_kernel(w.detach() / self.generator.input_scale)
+                cached = (key, kernel.to(x.device, x.dtype))
+            self._stem_cache = cached
+        return cached[1]
 
     def forward(self, x: Tensor) -> Tensor:
         return self.protect(x)

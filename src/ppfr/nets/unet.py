@@ -70,14 +70,33 @@ class UNet(nn.Module):
             raise InputError(f"U-Net expects (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
         if x.shape[-1] % 16 or x.shape[-2] % 16:
             raise InputError(f"U-Net needs H and W divisible by 16, got {tuple(x.shape[-2:])}")
-        h = x / self.input_scale
-        skips = []
-        for i, block in enumerate(self.down):
-            h = block(h if i == 0 else self.pool(h))
+        return self.out(self.hidden(self.stem(x / self.input_scale))) * self.input_scale
+
+    @property
+    def stem(self) -> nn.Conv2d:
+        """The first convolution (3x3, no bias), the only layer that reads the input."""
+        return self.down[0][0]
+
+    def hidden(self, stem: Tensor) -> Tensor:
+        """The last feature map (before the 1x1 output layer) from the stem's output.
+
+        ``forward(x) == out(hidden(stem(x / input_scale))) * input_scale``. The split lets
+        a caller compute the stem and the output layer another way (MinusFace's client
+        composes them with the frequency transform).
+
+        Shape:
+            - stem: :math:`(B, w, H, W)`; output: :math:`(B, w, H, W)`
+        """
+        h = stem
+        for layer in self.down[0][1:]:
+            h = layer(h)
+        skips = [h]
+        for block in self.down[1:]:
+            h = block(self.pool(h))
             skips.append(h)
         for i in reversed(range(4)):
             h = self.merge[i](torch.cat([skips[i], self.up[i](h)], 1))
-        return self.out(h) * self.input_scale
+        return h
 
 
 @GENERATORS.register("unet")
