@@ -16,12 +16,14 @@ TINY_MINUSFACE = {**TINY, "generator_width": 4}
 TINY_PARTIALFACE = {**TINY, "train_repeats": 2}
 TINY_DCTDP = {**TINY, "sensitivity_images": 16, "sensitivity_positions": 64}
 TINY_DUETFACE = {**TINY, "client_width": 0.125, "client_embedding_size": 32}
+TINY_FRACFACE = {**TINY, "refined_channels": 12}
 TINY_CONFIGS = {
     "arcface": TINY,
     "minusface": TINY_MINUSFACE,
     "partialface": TINY_PARTIALFACE,
     "dctdp": TINY_DCTDP,
     "duetface": TINY_DUETFACE,
+    "fracface": TINY_FRACFACE,
 }
 
 

@@ -385,14 +385,36 @@ def encode_conv(x: Tensor, kernel: Tensor, *, check_range: bool = True) -> Tenso
     with torch.autocast(x.device.type, enabled=False):
         b = _bases(x.device, x.dtype)
         n = x.shape[0]
+        kernel = kernel.to(x.dtype)
         c = torch.einsum("oc,bchw->hwbo", b["ycc_w"], x) + b["ycc_b"]  # (H, W, B, 3)
         c = F.pad(c, (0, 0, 0, 0, 2, 2, 2, 2))  # zero rows and columns of the YCbCr image
-        patches = c.unfold(0, 5, 1).unfold(1, 5, 1).reshape(SIZE * SIZE, n, 75)  # (c, d, e)
-        out = torch.bmm(patches, kernel.to(x.dtype))  # (P, B, O)
-    return out.permute(1, 2, 0).reshape(n, -1, SIZE, SIZE).contiguous()
+        out = x.new_empty(n, kernel.shape[2], SIZE * SIZE)
+        # a band of block rows at a time: a whole batch's patches take 3.8 MB a face, past
+        # glibc's mmap cap at a few faces, and would be faulted in afresh on every call
+        step = _per_slice(n * 75 * SIZE * x.element_size())
+        for i in range(0, SIZE, step):
+            rows = min(step, SIZE - i)
+            patches = c[i : i + rows + 4].unfold(0, 5, 1).unfold(1, 5, 1)  # (c, d, e)
+            patches = patches.reshape(rows * SIZE, n, 75)
+            part = torch.bmm(patches, kernel[i * SIZE : (i + rows) * SIZE])  # (p, B, O)
+            out[:, :, i * SIZE : (i + rows) * SIZE] = part.permute(1, 2, 0)
+    return out.view(n, -1, SIZE, SIZE)
 
 
-def decode_linear(h: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+#: bytes a temporary of the sliced loops in :func:`encode_conv` and :func:`decode_linear`
+#: stays under: well below glibc's 32 MB mmap cap, so a freed slice is reused from the heap
+#: instead of going back to the kernel and being faulted in again (docs/benchmarks.md)
+_SLICE_BYTES = 8 << 20
+
+
+def _per_slice(bytes_each: int) -> int:
+    """How many rows (or images) of ``bytes_each`` fit in :data:`_SLICE_BYTES` (at least 1)."""
+    return max(1, _SLICE_BYTES // max(1, bytes_each))
+
+
+def decode_linear(
+    h: Tensor, weight: Tensor, bias: Tensor, *, scale: Tensor | None = None
+) -> Tensor:
     r"""``decode(f)`` for channels :math:`f = W h + b` made by a per-image 1x1 layer.
 
     ``decode`` turns coefficient :math:`(c, u, v)` of block :math:`(k, l)` into pixel
@@ -405,13 +427,15 @@ def decode_linear(h: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
 
     so the 192 channels are never formed; the 3 x (C + 1) per-pixel weights cost
     :math:`O(C \cdot 112^2)` to build. A per-image ``weight`` lets each image have its own
-    channel order (MinusFace's shuffle permutes the rows of ``weight``). Output clamped to
-    [0, 1] as :func:`decode`'s.
+    channel order (MinusFace's shuffle permutes the rows of ``weight``). ``scale`` multiplies
+    the channels of every position first (``decode(scale * f)``; decode is position-local,
+    so this is a per-pixel gain on the linear part). Output clamped to [0, 1] as
+    :func:`decode`'s.
 
     Shape:
         - h: :math:`(B, C, 112, 112)`
         - weight: :math:`(192, C)` or :math:`(B, 192, C)`; bias: :math:`(192,)` or
-          :math:`(B, 192)`
+          :math:`(B, 192)`; scale: :math:`(B, 1, 112, 112)`
         - output: :math:`(B, 3, 112, 112)` in [0, 1]
 
     Example:
@@ -424,6 +448,10 @@ def decode_linear(h: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
         raise InputError(f"decode_linear: expected h of shape (B, C, {SIZE}, {SIZE}), got "
                          f"{tuple(h.shape)}")  # fmt: skip
     n, ch = h.shape[:2]
+    if scale is not None and tuple(scale.shape) != (n, 1, SIZE, SIZE):
+        raise InputError(
+            f"decode_linear: scale must be ({n}, 1, {SIZE}, {SIZE}), got {tuple(scale.shape)}"
+        )
     lead = (n,) if weight.ndim == 3 else ()  # a weight per image, or one for all
     if tuple(weight.shape) != (*lead, NUM_CHANNELS, ch) or tuple(bias.shape) != (
         *lead,
@@ -438,14 +466,25 @@ def decode_linear(h: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     with torch.autocast(h.device.type, enabled=False):
         b = _bases(h.device, h.dtype)
         fold = b["dec_fold"]  # (u, k)
+        shift = (b["rgb_w"] @ b["rgb_shift"]).view(1, 3, 1, 1)
         wb = wb.expand(n, -1, -1).reshape(n, 3, SCALE, SCALE, ch + 1)
-        cols = torch.einsum("vl,bcuvj->bcujl", fold, wb)
-        pix = torch.einsum("uk,bcujl->bcjkl", fold, cols)  # per-pixel weights, per colour
-        pix = torch.einsum("oc,bcjkl->bojkl", b["rgb_w"], pix)  # (B, 3, C + 1, k, l)
-        y = pix[:, :, ch] - (b["rgb_w"] @ b["rgb_shift"]).view(1, 3, 1, 1)
-        for j in range(ch):
-            y.addcmul_(pix[:, :, j], h[:, j : j + 1])
-    return y.clamp(0.0, 1.0)
+        y = h.new_empty(n, 3, SIZE, SIZE)
+        # a few images at a time: the per-pixel weights take 3 (C + 1) x 112 x 112 floats
+        # an image (2.6 MB at C = 16), past glibc's mmap cap for a whole batch
+        step = _per_slice(3 * (ch + 1) * SIZE * SIZE * h.element_size())
+        for i in range(0, n, step):
+            s = slice(i, min(n, i + step))
+            cols = torch.einsum("vl,bcuvj->bcujl", fold, wb[s])
+            pix = torch.einsum("uk,bcujl->bcjkl", fold, cols)  # per-pixel weights, per colour
+            pix = torch.einsum("oc,bcjkl->bojkl", b["rgb_w"], pix)  # (b, 3, C + 1, k, l)
+            ys = y[s]
+            ys.copy_(pix[:, :, ch])
+            for j in range(ch):
+                ys.addcmul_(pix[:, :, j], h[s, j : j + 1])
+            if scale is not None:
+                ys.mul_(scale[s])
+            ys.sub_(shift)
+    return y.clamp_(0.0, 1.0)
 
 
 # --------------------------------------------------------------------------- coefficient statistics

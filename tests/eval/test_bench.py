@@ -15,7 +15,7 @@ import ppfr.experiments.presets
 from ppfr.cli.bench import bench_app
 from ppfr.data.base import TensorFaces
 from ppfr.data.orl import load_orl, split_identities
-from ppfr.experiments.bench import bench_table, mean_std
+from ppfr.experiments.bench import bench_table, mean_std, write_frontier
 from tests.conftest import TINY, TINY_MINUSFACE
 
 runner = CliRunner()
@@ -102,6 +102,7 @@ def test_bench_over_two_splits(tiny_bench, tmp_path):
                              "identity-guided leakage (%)"]  # fmt: skip
     assert all(c[-4] != "n/a" and c[-1] != "n/a" for c in cells[1:])
     assert "minusface" in res.output and "bench.md" in res.output
+    assert (out / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_bench_refuses_bad_arguments(tiny_bench):
@@ -111,6 +112,20 @@ def test_bench_refuses_bad_arguments(tiny_bench):
     res = runner.invoke(app, ["bench", "orl", "--methods", "arcface", "--epochs", "0"])
     assert res.exit_code == 2 and "epoch_scale" in res.output
     assert not tiny_bench  # nothing was loaded, let alone trained
+
+
+def test_frontier_plots_only_what_was_measured(tmp_path):
+    def stat(v):
+        return {"mean": v, "std": 0.01 if v is not None else None, "values": [v]}
+
+    results = {"settings": {"test_identities": 10}, "methods": {
+        "a": {"accuracy": stat(0.9), "linkage_auc": stat(0.8), "recovery_rank1": stat(0.5)},
+        "b": {"accuracy": stat(0.7), "linkage_auc": stat(None), "recovery_rank1": stat(0.1)},
+    }}  # fmt: skip
+    assert write_frontier(results, tmp_path / "f.png") == tmp_path / "f.png"
+    assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
+    bare = {"settings": {"test_identities": 10}, "methods": {"a": {"accuracy": stat(0.9)}}}
+    assert write_frontier(bare, tmp_path / "g.png") is None and not (tmp_path / "g.png").exists()
 
 
 def test_mean_std_is_none_aware():

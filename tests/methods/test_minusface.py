@@ -1,7 +1,9 @@
+import pytest
 import torch
 
 import ppfr
 from ppfr import freq
+from ppfr.errors import InputError
 from ppfr.methods.minusface import shuffle_channels
 from tests.conftest import TINY_MINUSFACE
 
@@ -105,3 +107,104 @@ def test_both_stages_train(orl4, train_stage):
     # stage 2 leaves the generator (weights and BN statistics) untouched
     for k, v in m.client.state_dict().items():
         assert torch.equal(v, gen_after[k]), k
+
+
+def _strong_residue(m):
+    """A residue well away from zero (untrained U-Nets start near it), so checks mean something."""
+    g = m.client.generator
+    with torch.no_grad():
+        g.out.weight.normal_(0, 0.1, generator=torch.Generator().manual_seed(1))
+        g.out.bias.normal_(0, 0.1, generator=torch.Generator().manual_seed(2))
+    return m
+
+
+def test_equalised_residue_has_one_rms_everywhere(faces):
+    m = _strong_residue(_model(equalise=True, equalise_rms=20.0))
+    with torch.no_grad():
+        m.client.generator.out.bias.zero_()  # a constant would even out the energy itself
+        m.client.generator.out.weight.mul_(20.0)
+        r = m.residue(faces)
+        eq = m.client.equalised(r)
+    rms = eq.square().mean(1).sqrt()
+    raw = r.square().mean(1).sqrt()
+    strong = raw > 2.0  # well above the floor (0.4 here)
+    assert strong.float().mean() > 0.3 and raw[strong].std() > 0.2 * raw[strong].mean()
+    # rms 20 where the residue is well above the floor 0.02 * 20, and 20 raw / |(raw, floor)|
+    torch.testing.assert_close(rms, 20.0 * raw / (raw.square() + 0.4**2).sqrt(), rtol=1e-4, atol=0)
+    assert ((rms[strong] - 20.0).abs() < 0.4).all()
+    # the direction of every position's vector is kept
+    cos = torch.nn.functional.cosine_similarity(eq, r, dim=1)
+    assert (cos[strong] > 0.9999).all()
+
+
+def test_equalised_composed_protect_agrees_with_the_plain_path(faces):
+    m = _strong_residue(_model(equalise=True))
+    with torch.no_grad():
+        composed = m.protect(faces, generator=torch.Generator().manual_seed(4))
+        m.client.composed = False
+        plain = m.protect(faces, generator=torch.Generator().manual_seed(4))
+        expected = freq.decode(
+            shuffle_channels(m.client.equalised(m.residue(faces)), torch.Generator().manual_seed(4))
+        )
+    assert (composed - plain).abs().max() < 1e-5
+    assert (plain - expected).abs().max() < 1e-6
+    # equalising changes the picture: not the unequalised protect
+    m.client.equalise = False
+    with torch.no_grad():
+        unequalised = m.protect(faces, generator=torch.Generator().manual_seed(4))
+    assert (unequalised - plain).abs().max() > 0.05
+
+
+def test_tile_grid_moves_whole_tiles_per_image(faces):
+    tiled = _strong_residue(_model(tile_grid=2))
+    plain = _strong_residue(_model())
+    with torch.no_grad():
+        a = tiled.protect(faces, generator=torch.Generator().manual_seed(9))
+        b = plain.protect(faces, generator=torch.Generator().manual_seed(9))
+
+    def tiles(p, i):
+        return sorted(
+            float(t.sum())
+            for t in p[i].unfold(1, 56, 56).unfold(2, 56, 56).reshape(3, 4, -1).transpose(0, 1)
+        )
+
+    moved = 0
+    for i in range(4):  # the same channel shuffle, the quadrants in another order
+        assert tiles(a, i) == pytest.approx(tiles(b, i), rel=1e-6)
+        moved += not torch.equal(a[i], b[i])
+    assert moved >= 2  # fresh orders per image (1 in 24 keeps the layout)
+
+
+@pytest.mark.parametrize("option", [{"equalise": True}, {"tile_grid": 4}])
+def test_hardened_stage_one_trains(option, orl4, train_stage):
+    torch.manual_seed(0)
+    m = ppfr.create("minusface", num_classes=4, **TINY_MINUSFACE, **option)
+    idx = torch.arange(0, 40, 3)
+    x, y = orl4.faces[idx], torch.as_tensor(orl4.labels[idx])
+    s1, _ = m.stages()
+    before, after, logs = train_stage(s1, x, y, steps=6, lr=0.001)
+    assert set(logs) == {"pixel", "id"} and after < before
+
+
+def test_hardening_options_are_checked():
+    with pytest.raises(InputError, match="tile_grid"):
+        ppfr.create("minusface", tile_grid=5)
+    with pytest.raises(InputError, match="equalise_rms"):
+        ppfr.create("minusface", equalise=True, equalise_rms=0.0)
+
+
+def test_protect_runs_large_batches_in_passes(faces, monkeypatch):
+    m = _strong_residue(_model())
+    width = m.client.generator.out.in_channels
+    # at most 16 MB for the full-size skip concatenation (2 x width maps of 112x112)
+    step = m.client._faces_per_pass()
+    assert m.client.train()._faces_per_pass() > 1000  # batch-norm statistics: whole batch
+    m.eval()
+    assert step * 2 * width * 112 * 112 * 4 <= 16 << 20 < (step + 1) * 2 * width * 112 * 112 * 4
+    monkeypatch.setattr(type(m.client), "_faces_per_pass", lambda self: 3)
+    x = torch.cat([faces, faces.flip(-1)])  # 8 faces: passes of 3, 3 and 2
+    with torch.no_grad():
+        whole = m.protect(x, generator=torch.Generator().manual_seed(2))
+        g = torch.Generator().manual_seed(2)
+        parts = torch.cat([m.protect(part, generator=g) for part in x.split(3)])
+    assert whole.shape == (8, 3, 112, 112) and torch.equal(whole, parts)

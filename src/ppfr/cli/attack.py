@@ -107,6 +107,7 @@ def attack_cmd(
     AUC, verification accuracy, TAR, rank-1 against photos)."""
     # deferred: the attacks (and their networks) are not loaded for `ppfr --help`
     from ppfr.attacks import create_attack, list_attacks
+    from ppfr.attacks.tiles import SolvedTiles, tile_grid, train_tile_solver
 
     name = attack.strip().lower()
     if name not in list_attacks():
@@ -137,8 +138,15 @@ def attack_cmd(
         f"({len(np.unique(labels))} people), attacker's faces: {len(aux)}"
     )
     runner = create_attack(name, **config)
+    placed = None
+    if name != "viewing" and tile_grid(method) >= 2:  # reassemble shuffled tiles first
+        solver, placed = train_tile_solver(method, aux, seed=seed)
+        console.print(f"tile solver: {100 * placed:.1f} % of the attacker's tiles placed right")
+        method = SolvedTiles(method, solver)
     report = runner.run(method, victims, labels, aux=aux, aux_labels=aux_labels, seed=seed)
     report["model"] = str(model)
+    if placed is not None:
+        report["tiles_placed"] = placed
     if name == "linkage":
         tars = "  ".join(
             f"TAR@FAR={far} " + ("n/a" if t is None else f"{100 * t:.1f} %")

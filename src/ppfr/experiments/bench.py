@@ -146,6 +146,8 @@ def run_orl_bench(
         )
         (out / "bench.json").write_text(json.dumps(results, indent=2) + "\n")
         (out / "bench.md").write_text(bench_table(results))
+        if attack != {}:
+            write_frontier(results, out / "frontier.png")
         return results
     with tempfile.TemporaryDirectory(prefix="ppfr-bench-") as tmp:
         return _run(
@@ -457,6 +459,55 @@ def bench_rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
             ]
         )
     return headers, rows
+
+
+#: the frontier plot's panels: (figure key, y-axis label, chance level)
+FRONTIER_PANELS = (
+    ("linkage_auc", "linkage AUC", 0.5),
+    ("recovery_rank1", "recovery rank-1 (%)", None),
+    ("identity_rank1", "identity-guided rank-1 (%)", None),
+)
+
+
+def write_frontier(results: dict[str, Any], path: str | Path) -> Path | None:
+    """Plot every method's accuracy against each attack of :data:`FRONTIER_PANELS`
+    (mean ± std over splits) to ``path`` (PNG); None when no attack figure is there.
+
+    Rank-1 chance is one over the held-out identities (``settings["test_identities"]``).
+    """
+    from ppfr.experiments.report import _matplotlib  # deferred: matplotlib is heavy
+
+    methods = results["methods"]
+    panels = [p for p in FRONTIER_PANELS if any(p[0] in r for r in methods.values())]
+    if not panels:
+        return None
+    plt = _matplotlib()
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.8), squeeze=False)
+    chance_rank1 = 100.0 / results["settings"]["test_identities"]
+    for ax, (key, label, chance) in zip(axes[0], panels, strict=True):
+        scale = 100.0 if key.endswith("rank1") else 1.0
+        for name, r in methods.items():
+            stat = r.get(key)
+            if not stat or stat["mean"] is None:
+                continue
+            acc = r["accuracy"]
+            ax.errorbar(
+                100 * acc["mean"], scale * stat["mean"],
+                xerr=100 * (acc["std"] or 0.0), yerr=scale * (stat["std"] or 0.0),
+                fmt="o", capsize=3,
+            )  # fmt: skip
+            ax.annotate(name, (100 * acc["mean"], scale * stat["mean"]),
+                        textcoords="offset points", xytext=(5, 4), fontsize=8)  # fmt: skip
+        level = chance if chance is not None else chance_rank1
+        ax.axhline(level, color="grey", lw=0.8, ls="--")
+        ax.set_xlabel("verification accuracy % (held-out ORL)")
+        ax.set_ylabel(f"{label}, chance dashed")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def bench_table(results: dict[str, Any]) -> str:

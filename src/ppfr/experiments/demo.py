@@ -24,6 +24,7 @@ import torch
 
 from ppfr.attacks import create_attack
 from ppfr.attacks._recognizer import attacker_recognizer
+from ppfr.attacks.tiles import SolvedTiles, tile_grid, train_tile_solver
 from ppfr.data.base import FaceDataset
 from ppfr.data.orl import load_orl, split_identities
 from ppfr.eval.openset import evaluate_open_set, time_per_image
@@ -212,7 +213,9 @@ def attack_model(
     ``recognizer`` (the run's
     unprotected ArcFace; None trains one on ``aux_set``). Returns the scores per attack and
     the image rows (originals, views, reconstructions, identity-guided reconstructions) of
-    :data:`GRID_PEOPLE` victims, one image per person.
+    :data:`GRID_PEOPLE` victims, one image per person. A model that shuffles its tiles per
+    image is attacked through a trained tile solver (:mod:`ppfr.attacks.tiles`; its share of
+    tiles placed right is ``scores["tiles"]``).
     """
     victims, labels, aux = victim_set.stack(), np.asarray(victim_set.labels), aux_set.stack()
     aux_labels = np.asarray(aux_set.labels)
@@ -223,16 +226,19 @@ def attack_model(
         epochs=epochs or presets.DEMO_ATTACK["epochs"],
         progress=progress,
     )
-    scores = {
-        "viewing": viewing.run(model, victims, labels, seed=seed),
-        "recovery": recovery.run(model, victims, labels, aux=aux, seed=seed),
-    }
+    scores = {"viewing": viewing.run(model, victims, labels, seed=seed)}
+    target = model
+    if tile_grid(model) >= 2:  # the attacker reassembles shuffled tiles first (attacks.tiles)
+        solver, placed = train_tile_solver(model, aux, seed=seed, progress=progress)
+        scores["tiles"] = {"placed": placed}
+        target = SolvedTiles(model, solver)
+    scores["recovery"] = recovery.run(target, victims, labels, aux=aux, seed=seed)
     _, first = np.unique(labels, return_index=True)
     pick = sorted(first.tolist())[:GRID_PEOPLE]
     rows = [
         (victims[pick] + 1) / 2,
         attack_images(viewing, model, victims[pick], seed=seed),
-        attack_images(recovery, model, victims[pick], seed=seed),
+        attack_images(recovery, target, victims[pick], seed=seed),
     ]
     if identity:
         if recognizer is None:  # train the attacker's own once, for both identity attacks
@@ -250,9 +256,9 @@ def attack_model(
             progress=progress,
             **scaled(presets.DEMO_IDENTITY),
         )
-        scores["linkage"] = linkage.run(model, victims, labels, aux=aux, seed=seed)
-        scores["identity-recovery"] = guided.run(model, victims, labels, aux=aux, seed=seed)
-        rows.append(attack_images(guided, model, victims[pick], seed=seed))
+        scores["linkage"] = linkage.run(target, victims, labels, aux=aux, seed=seed)
+        scores["identity-recovery"] = guided.run(target, victims, labels, aux=aux, seed=seed)
+        rows.append(attack_images(guided, target, victims[pick], seed=seed))
     return scores, rows
 
 

@@ -44,6 +44,23 @@ DEMO_MODELS: dict[str, dict[str, Any]] = {
         "client_width": 0.25,
         "client_embedding_size": 64,
     },
+    # the paper's channels (192 -> 162 -> 81) and fractal depth 2
+    "fracface": {"backbone": "ir18", "backbone_width": 0.25},
+}
+#: presets of hardened MinusFace (docs/privacy.md, "Hiding where the residue is"): the demo
+#: preset plus one defence of the residue's spatial outline each
+DEMO_MODELS["minusface-equalised"] = {**DEMO_MODELS["minusface"], "equalise": True}
+DEMO_MODELS["minusface-equalised-post"] = {
+    **DEMO_MODELS["minusface"],
+    "equalise": True,
+    "equalise_stage1": False,
+}
+DEMO_MODELS["minusface-tiles"] = {**DEMO_MODELS["minusface"], "tile_grid": 2}
+#: the registered method behind a preset whose name is not a method's
+PRESET_METHODS: dict[str, str] = {
+    "minusface-equalised": "minusface",
+    "minusface-equalised-post": "minusface",
+    "minusface-tiles": "minusface",
 }
 DEMO_EPOCHS: dict[str, dict[str, int]] = {
     "arcface": {"recognizer": 16},
@@ -51,6 +68,10 @@ DEMO_EPOCHS: dict[str, dict[str, int]] = {
     "partialface": {"recognizer": 6},  # every image 3 times an epoch
     "dctdp": {"joint": 4},
     "duetface": {"client": 8, "server": 12},
+    "fracface": {"joint": 16},
+    "minusface-equalised": {"residue": 6, "protected": 14},
+    "minusface-equalised-post": {"residue": 6, "protected": 14},
+    "minusface-tiles": {"residue": 6, "protected": 14},
 }
 #: the recovery attack's inverter in the demo (the published attack uses width 64)
 DEMO_ATTACK: dict[str, int] = {"width": 8, "epochs": 10}
@@ -83,7 +104,7 @@ def demo_config(method: str, out: Path, epoch_scale: float = 1.0, seed: int = 0)
         stages[name] = {"epochs": epochs, "milestones": [max(1, round(epochs * 0.75))]}
     return TrainConfig.from_dict(
         {
-            "method": method,
+            "method": preset_method(method),
             "out": str(out / method),
             "seed": seed,
             "model": DEMO_MODELS[method],
@@ -92,6 +113,11 @@ def demo_config(method: str, out: Path, epoch_scale: float = 1.0, seed: int = 0)
             "stages": stages,
         }
     )
+
+
+def preset_method(preset: str) -> str:
+    """The registered method a preset trains (``minusface-equalised``: ``minusface``)."""
+    return PRESET_METHODS.get(preset, preset)
 
 
 def check_methods(methods: tuple[str, ...] | list[str]) -> None:

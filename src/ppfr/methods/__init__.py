@@ -11,7 +11,14 @@ Example:
     (torch.Size([2, 3, 112, 112]), torch.Size([2, 512]))
 """
 
-from ppfr.methods import arcface, dctdp, duetface, minusface, partialface  # noqa: F401
+from ppfr.methods import (  # noqa: F401
+    arcface,
+    dctdp,
+    duetface,
+    fracface,
+    minusface,
+    partialface,
+)
 from ppfr.methods._registry import (
     METHODS,
     create,

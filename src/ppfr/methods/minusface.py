@@ -52,7 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ppfr import freq
+from ppfr import freq, remap
 from ppfr.errors import InputError
 from ppfr.methods._registry import register_method
 from ppfr.methods.base import (
@@ -90,10 +90,27 @@ class MinusFaceConfig(RecognizerConfig):
     #: g(x) = x + U(x) with U's output layer initialised small, so g starts near the
     #: identity and the residue near zero (see the module docstring); False: g = U
     generator_skip: bool = True
+    #: hardening (docs/privacy.md, "Hiding where the residue is"): scale every position's
+    #: 192 residue values to the same root mean square ``equalise_rms`` (coefficient units),
+    #: so the residue's energy no longer traces the face's outline
+    equalise: bool = False
+    equalise_rms: float = 24.0
+    #: whether stage 1's recognizer f reads the equalised residue too (False: only protect
+    #: equalises, so stage 1 trains as plain MinusFace and f_p learns the equalised X_p)
+    equalise_stage1: bool = True
+    #: hardening: cut X_p into ``tile_grid`` x ``tile_grid`` tiles and put them in a fresh
+    #: random order per image and call (0: off; the grid must divide 112)
+    tile_grid: int = 0
 
     def __post_init__(self) -> None:
         if self.shuffles < 1 or self.train_repeats < 1:
             raise InputError("shuffles and train_repeats must be at least 1")
+        if self.equalise_rms <= 0:
+            raise InputError(f"equalise_rms must be positive, got {self.equalise_rms}")
+        if self.tile_grid < 0 or (self.tile_grid and freq.SIZE % self.tile_grid):
+            raise InputError(
+                f"tile_grid must be 0 (off) or divide {freq.SIZE}, got {self.tile_grid}"
+            )
 
 
 def shuffle_channels(r: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -124,6 +141,20 @@ def random_orders(
     return torch.rand(b, c, generator=generator, device=where).argsort(dim=1).to(device)
 
 
+def equalise_scale(power: Tensor, rms: float) -> Tensor:
+    r"""The gain that brings a position of mean square ``power`` to root mean square ``rms``:
+    :math:`s = \mathrm{rms} / \sqrt{\mathrm{power} + (0.02\,\mathrm{rms})^2}`.
+
+    The floor keeps the gain (and its gradient) bounded where the residue is near zero; such
+    positions are lifted fifty-fold, not to ``rms``.
+
+    Example:
+        >>> float(equalise_scale(torch.tensor(4.0), 24.0)) > 11.9
+        True
+    """
+    return rms * torch.rsqrt(power.clamp_min(0) + (0.02 * rms) ** 2)
+
+
 class MinusFaceClient(nn.Module):
     """The device side: ``g``, and with ``e`` and ``d`` the residue and its protection."""
 
@@ -142,6 +173,9 @@ class MinusFaceClient(nn.Module):
             input_scale=cfg.coef_scale,
         )
         self.skip = cfg.generator_skip
+        self.equalise = cfg.equalise
+        self.equalise_rms = cfg.equalise_rms
+        self.tile_grid = cfg.tile_grid
         if self.skip:  # start near the identity: a small, not zero, residue (a zero one
             # gives the recognizer all-zero features, whose normalisation has no gradient)
             out = self.generator.out
@@ -158,17 +192,45 @@ class MinusFaceClient(nn.Module):
         return f, u, f - u
 
     def residue(self, x: Tensor) -> Tensor:
-        f = freq.encode(x)
-        u = self.generator(f)
-        return -u if self.skip else f - u
+        return self.regenerate(x)[2]
+
+    def equalised(self, r: Tensor) -> Tensor:
+        """The residue as protect shuffles it: with ``equalise``, every position scaled to the
+        root mean square ``equalise_rms`` (:func:`equalise_scale`); else ``r`` itself."""
+        if not self.equalise:
+            return r
+        return r * equalise_scale(r.square().mean(1, keepdim=True), self.equalise_rms)
+
+    def remap(self, p: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """With ``tile_grid``, the tiles of ``p`` in a fresh random order per image (decode is
+        position-local, so moving tiles of X_p moves the residue's); else ``p`` itself."""
+        if not self.tile_grid:
+            return p
+        order = remap.random_tile_orders(len(p), self.tile_grid, generator, p.device)
+        return remap.remap_tiles(p, order, self.tile_grid)
 
     def protect(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """X_p = d(shuffle(r)): (B, 3n, 112, 112) in [0, 1], a fresh shuffle per image and call."""
+        step = self._faces_per_pass()
+        if len(x) > step:  # see _faces_per_pass
+            return torch.cat([self.protect(part, generator) for part in x.split(step)])
         if self._composed():
-            return self._protect_composed(x, generator)
-        r = self.residue(x)
-        views = [freq.decode(shuffle_channels(r, generator)) for _ in range(self.shuffles)]
-        return torch.cat(views, dim=1)
+            views = self._protect_composed(x, generator)
+        else:
+            r = self.equalised(self.residue(x))
+            views = [freq.decode(shuffle_channels(r, generator)) for _ in range(self.shuffles)]
+        return torch.cat([self.remap(v, generator) for v in views], dim=1)
+
+    def _faces_per_pass(self) -> int:
+        """Faces per pass of the generator: its largest activation (the skip concatenation at
+        full size, 2 x width maps of 112x112) stays under 16 MB, below glibc's 32 MB mmap
+        cap, so a batch's buffers are reused from the heap rather than faulted in afresh on
+        every call (docs/benchmarks.md, "Allocator"). A generator in training mode runs the
+        batch whole: its batch norm would see each pass's statistics."""
+        if self.generator.training:
+            return 1 << 30
+        width = self.generator.out.in_channels if isinstance(self.generator, UNet) else 16
+        return max(1, (16 << 20) // (2 * width * freq.SIZE * freq.SIZE * 4))
 
     def _composed(self) -> bool:
         """Whether protect may take the composed path: the U-Net generator with the skip
@@ -180,7 +242,7 @@ class MinusFaceClient(nn.Module):
             p.requires_grad for p in self.generator.parameters()
         )
 
-    def _protect_composed(self, x: Tensor, generator: torch.Generator | None) -> Tensor:
+    def _protect_composed(self, x: Tensor, generator: torch.Generator | None) -> list[Tensor]:
         """The same X_p without the 192-channel tensors: the U-Net's stem is applied to the
         image through ``freq.encode_conv`` (the transform and the stem as one map), and its
         output layer, negated and with its rows in the shuffled order, goes straight to
@@ -191,11 +253,17 @@ class MinusFaceClient(nn.Module):
         scale = -g.input_scale  # r = -U = -(out(h)) * input_scale
         weight = g.out.weight.flatten(1) * scale
         bias = g.out.bias * scale
+        gain = None
+        if self.equalise:  # |r|^2 per position from h: r = W h + b, a shuffle keeps |r|
+            gram, wb = weight.T @ weight, weight.T @ bias
+            power = torch.einsum("bihw,ij,bjhw->bhw", h, gram, h)
+            power = power + 2 * torch.einsum("bjhw,j->bhw", h, wb) + bias.square().sum()
+            gain = equalise_scale(power.unsqueeze(1) / freq.NUM_CHANNELS, self.equalise_rms)
         views = []
         for _ in range(self.shuffles):
             order = random_orders(x.shape[0], freq.NUM_CHANNELS, generator, x.device)
-            views.append(freq.decode_linear(h, weight[order], bias[order]))
-        return torch.cat(views, dim=1)
+            views.append(freq.decode_linear(h, weight[order], bias[order], scale=gain))
+        return views
 
     def _stem_kernel(self, x: Tensor) -> Tensor:
         """``encode_conv_kernel`` of the stem (its input is the channels / input_scale),
@@ -223,11 +291,15 @@ class _Stage1(nn.Module):
         self.recognizer = model._part("train")["recognizer"]
         self.head = model._part("train")["head"]
         self.scale, self.w_pix, self.w_id = cfg.coef_scale, cfg.pixel_weight, cfg.identity_weight
+        self.equalise = cfg.equalise_stage1
 
     def forward(self, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, float]]:
         _, f_regen, r = self.client.regenerate(x)
         pixel = F.l1_loss(2 * freq.decode(f_regen) - 1, x)
-        identity = self.head(self.recognizer(r / self.scale), y)
+        # f reads the residue as protect sends it: equalised, its tiles moved (a fresh order
+        # per image and step, so f learns what the server's f_p must: to read tiles unordered)
+        seen = self.client.remap(self.client.equalised(r) if self.equalise else r)
+        identity = self.head(self.recognizer(seen / self.scale), y)
         loss = self.w_pix * pixel + self.w_id * identity
         return loss, {"pixel": float(pixel.detach()), "id": float(identity.detach())}
 

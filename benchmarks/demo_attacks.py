@@ -1,0 +1,45 @@
+"""Rerun the demo's attacks on a model a demo run saved (after the attacks changed).
+
+Loads ``RUN/runs/<preset>/model`` and the run's ArcFace (``RUN/runs/arcface/model``, the
+attacker's recognizer), rebuilds the demo's identity split and runs
+``ppfr.experiments.demo.attack_model`` as the demo does; prints the summary line and writes
+the scores as JSON.
+
+Run:  python benchmarks/demo_attacks.py --run demo-out --preset minusface-tiles \
+          --json demo-out/minusface-tiles-attacks.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import ppfr
+from ppfr.data.orl import load_orl, split_identities
+from ppfr.experiments import presets
+from ppfr.experiments.demo import attack_model, attack_summary
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run", required=True, type=Path, help="the demo's --out folder")
+    ap.add_argument("--preset", required=True, help="the method preset to attack")
+    ap.add_argument("--seed", type=int, default=0, help="the demo's --seed")
+    ap.add_argument("--json", type=Path, default=None, help="write the scores here")
+    args = ap.parse_args()
+    ppfr.tune_allocator()
+    model = ppfr.load(args.run / "runs" / args.preset / "model")
+    recognizer = ppfr.load(args.run / "runs" / "arcface" / "model")
+    train_ids, test_ids = split_identities(presets.TEST_IDENTITIES, args.seed)
+    aux, victims = load_orl(train_ids, aligned=True), load_orl(test_ids, aligned=True)
+    scores, _ = attack_model(model, aux, victims, seed=args.seed, recognizer=recognizer)
+    print(f"{args.preset}: {attack_summary(scores)}")
+    if "tiles" in scores:
+        print(f"tile solver placed {100 * scores['tiles']['placed']:.1f} % of the tiles right")
+    if args.json:
+        args.json.write_text(json.dumps(scores, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
