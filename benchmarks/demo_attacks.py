@@ -21,16 +21,37 @@ from ppfr.experiments import presets
 from ppfr.experiments.demo import attack_model, attack_summary
 
 
+class AsSent:
+    """``model`` whose representation the attacks read as it is sent."""
+
+    def __init__(self, model) -> None:
+        self._model = model
+
+    def inversion_input(self, p):
+        return p
+
+    def __getattr__(self, name: str):
+        return getattr(self._model, name)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", required=True, type=Path, help="the demo's --out folder")
     ap.add_argument("--preset", required=True, help="the method preset to attack")
     ap.add_argument("--seed", type=int, default=0, help="the demo's --seed")
     ap.add_argument("--json", type=Path, default=None, help="write the scores here")
+    ap.add_argument(
+        "--as-sent",
+        action="store_true",
+        help="a weaker attacker: the inverters read the representation as sent, without "
+        "the method's inversion_input (for FracFace: without undoing the public tile order)",
+    )
     args = ap.parse_args()
     ppfr.tune_allocator()
     model = ppfr.load(args.run / "runs" / args.preset / "model")
     recognizer = ppfr.load(args.run / "runs" / "arcface" / "model")
+    if args.as_sent:
+        model = AsSent(model)
     train_ids, test_ids = split_identities(presets.TEST_IDENTITIES, args.seed)
     aux, victims = load_orl(train_ids, aligned=True), load_orl(test_ids, aligned=True)
     scores, _ = attack_model(model, aux, victims, seed=args.seed, recognizer=recognizer)

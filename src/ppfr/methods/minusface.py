@@ -42,6 +42,14 @@ loss has to *put* identity into the residue, rather than the pixel loss having t
 face out of it. With a plain U-Net and a CPU-sized budget, the regeneration stays poor,
 the residue keeps the face's low frequencies, and the recovery attack reconstructs faces
 from :math:`X_p` (docs/results.md).
+
+**Hardening options** (ours; docs/privacy.md, "Hiding where the residue is"). The shuffle
+leaves every position where it was, so where the residue has energy traces the face.
+``equalise`` scales each position's 192 values to one root mean square before the shuffle
+(in stage 1 too unless ``equalise_stage1`` is off); ``tile_grid`` puts the tiles of
+:math:`X_p` in a fresh random order per image and call (:mod:`ppfr.remap`; decode is
+position-local, so this moves the residue's positions). Neither kept recognition at the demo
+budget (docs/results.md); both are off by default.
 """
 
 from __future__ import annotations
