@@ -21,6 +21,7 @@ the stage's step module in ``DistributedDataParallel``. ``batch_size`` is per pr
 from __future__ import annotations
 
 import csv
+import gc
 import hashlib
 import os
 import shutil
@@ -380,6 +381,9 @@ def shutdown_distributed() -> None:
     to it can abort the process at exit.
     """
     if dist.is_available() and dist.is_initialized():
+        # DDP wrappers of finished stages may survive in reference cycles; their reducers
+        # must go while the group is alive, not in a destructor at interpreter exit
+        gc.collect()
         dist.barrier()
         dist.destroy_process_group()
 
