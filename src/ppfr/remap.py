@@ -75,13 +75,22 @@ def keyed_order(grid: int, key: int) -> Tensor:
     return torch.randperm(grid * grid, generator=g)
 
 
+def random_orders(
+    b: int, c: int, generator: torch.Generator | None = None, device: torch.device | None = None
+) -> Tensor:
+    """(b, c): one uniformly random order of ``c`` items per row, on ``device`` (MinusFace's
+    channel shuffle, :func:`random_tile_orders`)."""
+    where = generator.device if generator is not None else device
+    # argsort of i.i.d. uniforms is a uniform random permutation per row
+    return torch.rand(b, c, generator=generator, device=where).argsort(dim=1).to(device)
+
+
 def random_tile_orders(
     batch: int, grid: int, generator: torch.Generator | None = None, device=None
 ) -> Tensor:
     """(batch, grid * grid): a fresh uniformly random tile order per image."""
     _check_grid(grid)
-    where = generator.device if generator is not None else device
-    return torch.rand(batch, grid * grid, generator=generator, device=where).argsort(1).to(device)
+    return random_orders(batch, grid * grid, generator, device)
 
 
 def inverse_order(order: Tensor) -> Tensor:
@@ -150,6 +159,7 @@ __all__ = [
     "fractal_order",
     "inverse_order",
     "keyed_order",
+    "random_orders",
     "random_tile_orders",
     "remap_tiles",
 ]

@@ -438,3 +438,16 @@ class RecognizerStep(nn.Module):
             inputs = self.prepare(x)
         loss = self.head(self.recognizer(inputs), y)
         return loss, {"id": float(loss.detach())}
+
+
+class JointStep(nn.Module):
+    """Training step "client, recognizer and margin head on one loss": gradients reach the
+    client's weights through its ``protect`` (DCTDP's noise budgets, FracFace's refining)."""
+
+    def __init__(self, client: nn.Module, server: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.client, self.server, self.head = client, server, head
+
+    def forward(self, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, float]]:
+        loss = self.head(self.server(self.client.protect(x)), y)
+        return loss, {"id": float(loss.detach())}

@@ -76,6 +76,7 @@ from ppfr import freq
 from ppfr.errors import InputError
 from ppfr.methods._registry import register_method
 from ppfr.methods.base import (
+    JointStep,
     Method,
     Recognition,
     RecognizerConfig,
@@ -243,18 +244,6 @@ class InputScale(nn.Module):
         return p / self.sensitivity[:, None, None]
 
 
-class _JointStep(nn.Module):
-    """Noise (with gradients to rho and mu) + recognizer + margin head, one loss."""
-
-    def __init__(self, client: DCTDPClient, server: Recognition, head: nn.Module) -> None:
-        super().__init__()
-        self.client, self.server, self.head = client, server, head
-
-    def forward(self, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, float]]:
-        loss = self.head(self.server(self.client.protect(x)), y)
-        return loss, {"id": float(loss.detach())}
-
-
 @register_method
 class DCTDP(Method):
     name = "dctdp"
@@ -322,5 +311,5 @@ class DCTDP(Method):
         budgets = self.param_group(
             client.rho, client.mu, lr_scale=self.config.budget_lr_scale, weight_decay=0.0
         )
-        step = _JointStep(client, server, head)
+        step = JointStep(client, server, head)
         return [Stage("joint", step, [self.param_group(server, head), budgets])]

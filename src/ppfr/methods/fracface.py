@@ -38,6 +38,7 @@ from ppfr import freq, remap
 from ppfr.errors import InputError
 from ppfr.methods._registry import register_method
 from ppfr.methods.base import (
+    JointStep,
     Method,
     Recognition,
     RecognizerConfig,
@@ -96,18 +97,6 @@ class FracFaceClient(nn.Module):
         return self.protect(x)
 
 
-class _JointStep(nn.Module):
-    """Refining layer, recognizer and margin head trained on one loss."""
-
-    def __init__(self, client: FracFaceClient, server: nn.Module, head: nn.Module) -> None:
-        super().__init__()
-        self.client, self.server, self.head = client, server, head
-
-    def forward(self, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, float]]:
-        loss = self.head(self.server(self.client.protect(x)), y)
-        return loss, {"id": float(loss.detach())}
-
-
 @register_method
 class FracFace(Method):
     name = "fracface"
@@ -148,5 +137,5 @@ class FracFace(Method):
         client = self._part("client")
         server = self._part("server")
         head = self._part("train")["head"]
-        step = _JointStep(client, server, head)
+        step = JointStep(client, server, head)
         return [Stage("joint", step, [self.param_group(server, head, client)])]

@@ -76,6 +76,7 @@ from ppfr.methods.base import (
 )
 from ppfr.nets import create_generator
 from ppfr.nets.unet import UNet
+from ppfr.remap import random_orders
 
 #: with ``generator_skip``, U's output layer starts at this fraction of its default init
 SKIP_INIT_SCALE = 0.01
@@ -140,15 +141,6 @@ def shuffle_channels(r: Tensor, generator: torch.Generator | None = None) -> Ten
     return r.reshape(b * c, -1).index_select(0, flat).view_as(r)
 
 
-def random_orders(
-    b: int, c: int, generator: torch.Generator | None = None, device: torch.device | None = None
-) -> Tensor:
-    """(b, c): one uniformly random order of ``c`` channels per row, on ``device``."""
-    where = generator.device if generator is not None else device
-    # argsort of i.i.d. uniforms is a uniform random permutation per row
-    return torch.rand(b, c, generator=generator, device=where).argsort(dim=1).to(device)
-
-
 def equalise_scale(power: Tensor, rms: float) -> Tensor:
     r"""The gain that brings a position of mean square ``power`` to root mean square ``rms``:
     :math:`s = \mathrm{rms} / \sqrt{\mathrm{power} + (0.02\,\mathrm{rms})^2}`.
@@ -195,12 +187,15 @@ class MinusFaceClient(nn.Module):
         """Faces -> (frequency channels x, regenerated channels x', residue x - x')."""
         f = freq.encode(x)
         u = self.generator(f)
-        if self.skip:  # x' = x + U(x): the residue is -U(x), without cancellation error
-            return f, f + u, -u
-        return f, u, f - u
+        return f, f + u if self.skip else u, self._residue(f, u)
 
     def residue(self, x: Tensor) -> Tensor:
-        return self.regenerate(x)[2]
+        f = freq.encode(x)
+        return self._residue(f, self.generator(f))
+
+    def _residue(self, f: Tensor, u: Tensor) -> Tensor:
+        # with the skip, x' = x + U(x): the residue is -U(x), without cancellation error
+        return -u if self.skip else f - u
 
     def equalised(self, r: Tensor) -> Tensor:
         """The residue as protect shuffles it: with ``equalise``, every position scaled to the
