@@ -19,6 +19,8 @@ SQLite gallery, reused from ``--workdir`` when it already holds the rows) and ea
 interleaved with a plain streaming read (a sum) of the very arrays the index holds, so
 both see the same machine state; the ratio is the figure of merit. User/system CPU time of
 the identify loop comes from ``getrusage``: a high system share means page faults.
+``--stream-kernels numba,torch`` times each scoring kernel of the index in turn on the
+same snapshot (the fused numba kernel is the default; ``torch`` is the eager path).
 
 Everything random is seeded. Prints markdown tables.
 """
@@ -282,26 +284,28 @@ def stream_bench(args, sf: SlerpFace, workdir: Path) -> list[dict]:
             index = matcher.snapshot(gallery).slerp
             snap_s = time.perf_counter() - t0
             mem = rss_mib() - base
-            matcher.identify(gallery, q[:1], top_k=5)  # warm-up
-            lat, reads, hits = [], [], 0
-            r0 = resource.getrusage(resource.RUSAGE_SELF)
-            for i in range(len(q)):
-                t0 = time.perf_counter()
-                res = matcher.identify(gallery, q[i : i + 1], top_k=5)
-                lat.append(1000 * (time.perf_counter() - t0))
-                hits += res[0][0][0] == names[i]
-                reads.append(1000 * read_once(index))
-            r1 = resource.getrusage(resource.RUSAGE_SELF)
-            user, system = r1.ru_utime - r0.ru_utime, r1.ru_stime - r0.ru_stime
-            row = dict(
-                n=n, dtype=str(dtype).replace("torch.", ""), mib=index.nbytes / 2**20,
-                snap_s=snap_s, mem=mem, p50=percentile(lat, 50), p99=percentile(lat, 99),
-                read=percentile(reads, 50), acc=hits / len(q), nq=len(q), user=user,
-                system=system, load=os.getloadavg()[0],
-            )  # fmt: skip
-            row["ratio"] = row["p50"] / row["read"]
-            rows.append(row)
-            print(row, flush=True)
+            for kernel in args.stream_kernels:
+                index.kernel = kernel  # the same stored arrays, scored by the other loop
+                matcher.identify(gallery, q[:1], top_k=5)  # warm-up
+                lat, reads, hits = [], [], 0
+                r0 = resource.getrusage(resource.RUSAGE_SELF)
+                for i in range(len(q)):
+                    t0 = time.perf_counter()
+                    res = matcher.identify(gallery, q[i : i + 1], top_k=5)
+                    lat.append(1000 * (time.perf_counter() - t0))
+                    hits += res[0][0][0] == names[i]
+                    reads.append(1000 * read_once(index))
+                r1 = resource.getrusage(resource.RUSAGE_SELF)
+                user, system = r1.ru_utime - r0.ru_utime, r1.ru_stime - r0.ru_stime
+                row = dict(
+                    n=n, dtype=str(dtype).replace("torch.", ""), kernel=kernel,
+                    mib=index.nbytes / 2**20, snap_s=snap_s, mem=mem, p50=percentile(lat, 50),
+                    p99=percentile(lat, 99), read=percentile(reads, 50), acc=hits / len(q),
+                    nq=len(q), user=user, system=system, load=os.getloadavg()[0],
+                )  # fmt: skip
+                row["ratio"] = row["p50"] / row["read"]
+                rows.append(row)
+                print(row, flush=True)
             del matcher, index
             gc.collect()
         store.close()
@@ -322,12 +326,16 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (shared machine: 1)")
     ap.add_argument("--stream-sizes", default="", help="identify vs read-once, e.g. 100000")
     ap.add_argument("--stream-dtypes", default="float32,float16", help="index storage types")
+    ap.add_argument("--stream-kernels", default="numba", help="index scoring kernels: numba,torch")
     args = ap.parse_args()
     ppfr.tune_allocator()  # freed buffers stay in the process: no page faults per request
     args.sizes = [int(s) for s in args.sizes.split(",") if s]
     args.plain_sizes = {int(s) for s in args.plain_sizes.split(",") if s}
     args.stream_sizes = [int(s) for s in args.stream_sizes.split(",") if s]
     args.stream_dtypes = [getattr(torch, d) for d in args.stream_dtypes.split(",") if d]
+    args.stream_kernels = [k for k in args.stream_kernels.split(",") if k]
+    if not set(args.stream_kernels) <= {"numba", "torch"}:
+        raise SystemExit(f"--stream-kernels takes numba and/or torch, got {args.stream_kernels}")
     torch.set_num_threads(args.threads)
     try:
         import faiss
@@ -343,14 +351,15 @@ def main() -> None:
     if args.stream_sizes:
         stream = stream_bench(args, sf, workdir)
         print(
-            "\n| templates | index storage | index (MiB) | snapshot load (s) "
+            "\n| templates | index storage | kernel | index (MiB) | snapshot load (s) "
             "| identify p50 (ms) | identify p99 (ms) | read once, p50 (ms) | p50 / read "
             "| user / system CPU (s) | system share | rank-1 (queries) | load avg |"
         )
-        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for r in stream:
             print(
-                f"| {r['n']:,} | {r['dtype']} | {r['mib']:,.0f} | {r['snap_s']:.1f} "
+                f"| {r['n']:,} | {r['dtype']} | {r['kernel']} | {r['mib']:,.0f} "
+                f"| {r['snap_s']:.1f} "
                 f"| {r['p50']:.1f} | {r['p99']:.1f} | {r['read']:.1f} | {r['ratio']:.2f} "
                 f"| {r['user']:.1f} / {r['system']:.2f} "
                 f"| {100 * r['system'] / max(r['user'] + r['system'], 1e-9):.1f}% "

@@ -12,6 +12,7 @@ import torch
 from _common import machine, per_item_ms
 
 import ppfr
+from ppfr.data.base import TensorFaces
 from ppfr.data.orl import load_orl
 
 torch.set_num_threads(2)
@@ -59,6 +60,11 @@ def training(configs: dict[str, dict], batch: int = 32, steps: int = 4) -> None:
 
             ms = per_item_ms(step, batch, repeats=steps)
             print(f"| {label} | {stage.name} | {1000 / ms:.1f} |")
+            if stage.begin is not None:  # the stage's per-image precomputation (MinusFace:
+                # the frozen U-Net's features), filled for this batch as the trainer would
+                stage.begin(TensorFaces(x, y.numpy()), False)
+                ms = per_item_ms(step, batch, repeats=steps)
+                print(f"| {label} | {stage.name}, after begin() | {1000 / ms:.1f} |")
 
 
 def main() -> None:

@@ -21,6 +21,42 @@ from ppfr.experiments.presets import TEST_IDENTITIES
 from ppfr.experiments.report import grid_figure
 
 
+def anatomy(model, faces: torch.Tensor) -> dict:
+    """The residue's per-position RMS over ``faces``: median, 99th percentile, max, the
+    RMS of the output bias alone, the share of "spike" positions (above twice the median)
+    overall and per face, and the faces with none. Also returns the spike mask."""
+    with torch.no_grad():
+        rms = torch.cat([model.residue(faces[i : i + 25]) for i in range(0, len(faces), 25)])
+        rms = rms.square().mean(1).sqrt()
+    median = float(rms.flatten().median())
+    spikes = rms > 2 * median
+    share = spikes.float().mean((1, 2))
+    g = model.client.generator
+    return {
+        "median": median,
+        "p99": float(rms.flatten().quantile(0.99)),
+        "max": float(rms.max()),
+        "bias_rms": float((g.out.bias.detach() * g.input_scale).square().mean().sqrt()),
+        "spike_share": float(spikes.float().mean()),
+        "spike_share_per_face": (float(share.min()), float(share.max())),
+        "faces_without_spikes": int((share == 0).sum()),
+        "spikes": spikes,
+    }
+
+
+def report(a: dict, faces: int) -> str:
+    lo, hi = a["spike_share_per_face"]
+    return (
+        f"held-out faces: {faces}; residue RMS per position: median {a['median']:.2f}, "
+        f"99th percentile {a['p99']:.4g}, max {a['max']:.4g}\n"
+        f"RMS of the output bias alone (the residue where the U-Net's last features are "
+        f"zero): {a['bias_rms']:.2f}\n"
+        f"positions above twice the median: {100 * a['spike_share']:.1f} % (per face "
+        f"{100 * lo:.1f} to {100 * hi:.1f} %; faces with none: {a['faces_without_spikes']} "
+        f"of {faces})"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
@@ -32,22 +68,9 @@ def main() -> None:
     model = ppfr.load(args.model)
     _, test_ids = split_identities(TEST_IDENTITIES, args.seed)
     faces = load_orl(test_ids, aligned=True).faces
-    with torch.no_grad():
-        rms = torch.cat([model.residue(faces[i : i + 25]) for i in range(0, len(faces), 25)])
-        rms = rms.square().mean(1).sqrt()
-    median = float(rms.flatten().median())
-    spikes = rms > 2 * median
-    share = spikes.float().mean((1, 2))
-    g = model.client.generator
-    bias_rms = float((g.out.bias.detach() * g.input_scale).square().mean().sqrt())
-    top = float(rms.flatten().quantile(0.99))
-    print(f"held-out faces: {len(faces)}; residue RMS per position: median {median:.2f}, "
-          f"99th percentile {top:.4g}, max {float(rms.max()):.4g}")  # fmt: skip
-    print(f"RMS of the output bias alone (the residue where the U-Net's last features are "
-          f"zero): {bias_rms:.2f}")  # fmt: skip
-    print(f"positions above twice the median: {100 * float(spikes.float().mean()):.1f} % "
-          f"(per face {100 * float(share.min()):.1f} to {100 * float(share.max()):.1f} %; "
-          f"faces with none: {int((share == 0).sum())} of {len(faces)})")  # fmt: skip
+    a = anatomy(model, faces)
+    spikes = a["spikes"]
+    print(report(a, len(faces)))
     if args.grid:
         pick = torch.arange(0, len(faces), 10)[:6]
         with torch.no_grad():

@@ -77,6 +77,40 @@ def test_decode_matches_definition(device):
     assert (freq.decode(f) - reference_decode(f)).abs().max() < 1e-6
 
 
+def test_unclamped_decode_is_the_linear_map():
+    g = torch.Generator().manual_seed(0)
+    f = torch.randn(2, freq.NUM_CHANNELS, freq.SIZE, freq.SIZE, generator=g) * 400
+    raw = freq.decode(f, clamp=False)
+    assert raw.min() < -0.5 and raw.max() > 1.5  # large coefficients leave [0, 1]
+    torch.testing.assert_close(freq.decode(f), raw.clamp(0, 1))
+    # linear up to the constant colour shift: d(a f + b g) = a d(f) + b d(g) - (a + b - 1) d(0)
+    h = torch.randn_like(f)
+    zero = freq.decode(torch.zeros_like(f), clamp=False)
+    mixed = freq.decode(2 * f - 3 * h, clamp=False)
+    expect = 2 * raw - 3 * freq.decode(h, clamp=False) + 2 * zero
+    torch.testing.assert_close(mixed, expect, rtol=1e-4, atol=1e-3)
+
+
+def test_compiled_encode_agrees_with_the_torch_passes(monkeypatch):
+    from ppfr._jit import LazyKernel
+
+    assert freq._ENCODE.get() is not None, freq._ENCODE.error  # numba is a dependency
+    x = torch.rand(3, 3, 112, 112, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        compiled = freq.encode(x)
+    finally:
+        torch.set_num_threads(threads)
+    torch.set_num_threads(2)  # the batch split across two threads: the same values
+    try:
+        torch.testing.assert_close(freq.encode(x), compiled, rtol=0, atol=0)
+    finally:
+        torch.set_num_threads(threads)
+    monkeypatch.setattr(freq, "_ENCODE", LazyKernel.unavailable("no numba"))
+    torch.testing.assert_close(freq.encode(x), compiled, rtol=1e-5, atol=1e-3)
+
+
 def test_roundtrip_up_to_resampling():
     # smooth faces survive almost exactly; sharp noise loses only what resampling loses
     smooth = F.avg_pool2d(torch.rand(2, 3, 112, 112), 7, 1, 3) * 2 - 1

@@ -8,19 +8,24 @@ reference the index must equal to float32 rounding on many pairs.
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+from ppfr._jit import LazyKernel
 from ppfr.errors import InputError
 from ppfr.slerpface import (
     SlerpFace,
     SlerpFaceConfig,
     SlerpFaceIndex,
     group_weights_from_templates,
+    slerp_weight_polynomials,
 )
 
 DIM = 128
+#: both scoring kernels of SlerpFaceIndex; numba is a dependency, so "numba" must work here
+KERNELS = ["numba", "torch"]
 
 
 def clustered(persons=6, per=4, dim=DIM, spread=0.35, seed=0):
@@ -142,10 +147,12 @@ def _random_setup(n=300, m=5, dim=DIM, seed=0, config=None):
     return sf, sf.protect(t, k), k, q, t
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("block", [16, 128, 2048])
-def test_index_equals_direct_form(block):
+def test_index_equals_direct_form(block, kernel):
     sf, p, k, q, t = _random_setup()
-    idx = SlerpFaceIndex(sf, p, k, block=block)
+    idx = SlerpFaceIndex(sf, p, k, block=block, kernel=kernel)
+    assert idx.kernel == kernel
     want = direct_scores(sf, torch.cat([q, t[:3]]), p, k)
     torch.testing.assert_close(idx.scores(torch.cat([q, t[:3]])), want, atol=1e-5, rtol=0)
     # one query at a time (the serving case) gives the same numbers
@@ -154,25 +161,32 @@ def test_index_equals_direct_form(block):
     torch.testing.assert_close(sf.scores(q, p, k), want[: len(q)], atol=1e-5, rtol=0)
 
 
-def test_index_fast_path_for_ordinary_queries(monkeypatch):
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_index_fast_path_for_ordinary_queries(monkeypatch, kernel):
     """The exact fallback runs only for degenerate groups, never for padding or data."""
     sf, p, k, q, _ = _random_setup(n=300)
-    idx = SlerpFaceIndex(sf, p, k, block=128)  # last block 44 rows + 84 padded columns
+    idx = SlerpFaceIndex(sf, p, k, block=128, kernel=kernel)  # last block: 44 rows + padding
     calls = []
-    original = SlerpFaceIndex._direct
+    original = SlerpFaceIndex._direct_form
     monkeypatch.setattr(
-        SlerpFaceIndex, "_direct", lambda self, *a: calls.append(1) or original(self, *a)
+        SlerpFaceIndex,
+        "_direct_form",
+        lambda self, *a: calls.append(a[1].shape[0]) or original(self, *a),
     )
     idx.scores(q)
+    idx.scores(q, slice(250, 300))
     assert calls == []
     idx.scores(k[:1])  # aligned with key 0: its columns go the exact way
     assert len(calls) == 1
+    if kernel == "numba":
+        assert calls == [1]  # the fused kernel redoes that one column, not its neighbours
 
 
-def test_index_rows_match_full_scores():
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_index_rows_match_full_scores(kernel):
     sf, p, k, q, _ = _random_setup(n=500)
-    idx = sf.index(p, k)
-    idx_small = SlerpFaceIndex(sf, p, k, block=64)
+    idx = SlerpFaceIndex(sf, p, k, kernel=kernel)
+    idx_small = SlerpFaceIndex(sf, p, k, block=64, kernel=kernel)
     full = idx.scores(q)
     for rows in (slice(0, 500), slice(3, 7), slice(60, 70), slice(100, 400), slice(499, 500)):
         torch.testing.assert_close(idx.scores(q, rows), full[:, rows], atol=1e-6, rtol=0)
@@ -182,7 +196,8 @@ def test_index_rows_match_full_scores():
         idx.scores(q, [1, 2])
 
 
-def test_index_on_real_faces(orl4):
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_index_on_real_faces(orl4, kernel):
     """Templates from real ORL faces (a fixed random projection of the pixels)."""
     x = orl4.faces.mean(1).flatten(1)  # (40, 112*112) grey
     x = x - x.mean(0)
@@ -191,7 +206,7 @@ def test_index_on_real_faces(orl4):
     sf = SlerpFace(DIM)
     k = sf.draw_keys(len(t), generator=torch.Generator().manual_seed(1))
     p = sf.protect(t, k)
-    idx = SlerpFaceIndex(sf, p, k, block=16)
+    idx = SlerpFaceIndex(sf, p, k, block=16, kernel=kernel)
     got = idx.scores(t)
     torch.testing.assert_close(got, direct_scores(sf, t, p, k), atol=1e-5, rtol=0)
     # a few pairs against the float64 definition, and a template matches itself exactly
@@ -200,7 +215,8 @@ def test_index_on_real_faces(orl4):
     torch.testing.assert_close(got.diag(), torch.ones(len(t)), atol=1e-5, rtol=0)
 
 
-def test_index_edge_cases_match_direct_form():
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_index_edge_cases_match_direct_form(kernel):
     sf, p, k, q, _ = _random_setup(n=8)
     kg = k.view(8, sf.num_groups, sf.group_size)
     edge = torch.stack(
@@ -212,7 +228,7 @@ def test_index_edge_cases_match_direct_form():
             k[4] * 1e-20,  # tiny but non-zero
         ]
     )
-    idx = SlerpFaceIndex(sf, p, k, block=4)
+    idx = SlerpFaceIndex(sf, p, k, block=4, kernel=kernel)
     got = idx.scores(edge)
     assert torch.isfinite(got).all()
     torch.testing.assert_close(got, direct_scores(sf, edge, p, k), atol=1e-5, rtol=0)
@@ -223,10 +239,11 @@ def test_index_edge_cases_match_direct_form():
     assert abs(float(got[0, 0]) - float(limit)) < 1e-5
 
 
-def test_index_float16_close_and_small():
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_index_float16_close_and_small(kernel):
     sf, p, k, q, t = _random_setup(n=400)
-    full = SlerpFaceIndex(sf, p, k, block=128)
-    half = SlerpFaceIndex(sf, p, k, dtype=torch.float16, block=128)
+    full = SlerpFaceIndex(sf, p, k, block=128, kernel=kernel)
+    half = SlerpFaceIndex(sf, p, k, dtype=torch.float16, block=128, kernel=kernel)
     assert half.blocks.dtype == torch.float16
     assert half.nbytes < 0.6 * full.nbytes
     a, b = full.scores(torch.cat([q, t[:4]])), half.scores(torch.cat([q, t[:4]]))
@@ -247,11 +264,85 @@ def test_index_float16_close_and_small():
         SlerpFaceIndex(sf, p, k[:3])
 
 
+def test_fused_float16_equals_torch_float16():
+    """Widening inside the kernel reads the same numbers as the eager path's widen copy."""
+    sf, p, k, q, t = _random_setup(n=700, m=6)
+    fused = SlerpFaceIndex(sf, p, k, dtype=torch.float16, block=256, kernel="numba")
+    eager = SlerpFaceIndex(sf, p, k, dtype=torch.float16, block=256, kernel="torch")
+    assert torch.equal(fused.blocks, eager.blocks)
+    x = torch.cat([q, t[:3]])
+    torch.testing.assert_close(fused.scores(x), eager.scores(x), atol=2e-6, rtol=0)
+    torch.testing.assert_close(
+        fused.scores(x, slice(100, 130)), eager.scores(x, slice(100, 130)), atol=2e-6, rtol=0
+    )
+
+
+@pytest.mark.parametrize("group_size", [4, 12, 16, 24])
+def test_fused_kernel_any_group_size(group_size):
+    """Eight rows per pass plus single rows: group sizes below, between and above 8."""
+    dim = 4 * 24
+    g = torch.Generator().manual_seed(group_size)
+    weights = torch.rand(dim // group_size, generator=g) + 0.2
+    sf = SlerpFace(dim, SlerpFaceConfig(group_size=group_size, drop=0.3), weights=weights)
+    t = F.normalize(torch.randn(90, dim, generator=g), dim=1)
+    k = sf.draw_keys(90, generator=g)
+    p = sf.protect(t, k)
+    q = F.normalize(torch.randn(3, dim, generator=g), dim=1)
+    idx = SlerpFaceIndex(sf, p, k, block=32, kernel="numba")
+    x = torch.cat([q, t[:2], k[5:6]])  # the last one is aligned with key 5
+    torch.testing.assert_close(idx.scores(x), direct_scores(sf, x, p, k), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1e-3, 0.05, 0.3, 0.5, 0.775, 0.9, 0.999, 1.0])
+def test_slerp_weight_polynomials_error_bound(alpha):
+    """The interpolants match the slerp weights to 1e-8 in float64; as the kernel evaluates
+    them (t from the float32 cosine, Horner in float32) to 1e-6 absolute (U, V <= 2) and 2e-6
+    relative to |(U, V)| where that is above 0.1 (everywhere unless alpha_g is within ~0.03 of
+    0 or 1 and c near -1, where both weights vanish)."""
+    coef, err = slerp_weight_polynomials(torch.tensor([alpha]))
+    assert coef.shape == (1, 2, 11) and coef.dtype == np.float32
+    assert err < 1e-8
+    cos = torch.linspace(-1, 1, 20001)[1:]  # c = -1 is the degenerate point, never scored
+    t = (0.5 * cos + 0.5).sqrt()
+    z = t + t - 1
+    u, v = torch.full_like(z, float(coef[0, 0, -1])), torch.full_like(z, float(coef[0, 1, -1]))
+    for i in range(9, -1, -1):
+        u, v = u * z + float(coef[0, 0, i]), v * z + float(coef[0, 1, i])
+    theta = torch.arccos(cos.double())
+    scale = 2 * torch.cos(theta / 2)  # U, V are the slerp weights times sin(theta)/sin(theta/2)
+    sin = torch.sin(theta)
+    live = sin > 1e-9
+    wt = torch.where(live, torch.sin((1 - alpha) * theta) / sin, torch.tensor(1 - alpha).double())
+    wk = torch.where(live, torch.sin(alpha * theta) / sin, torch.tensor(alpha).double())
+    want_u, want_v = wt * scale, wk * scale
+    gap = torch.hypot(u.double() - want_u, v.double() - want_v)
+    norm = torch.hypot(want_u, want_v)
+    assert float(gap.max()) < 1e-6
+    assert float((gap / norm)[norm > 0.1].max()) < 2e-6
+
+
+def test_kernel_choice_and_torch_fallback(monkeypatch):
+    import ppfr.slerpface as mod
+
+    sf, p, k, q, _ = _random_setup(n=50)
+    assert SlerpFaceIndex(sf, p, k).kernel == "numba"  # numba is a dependency
+    assert SlerpFaceIndex(sf, p, k).fit_error < 1e-8
+    with pytest.raises(InputError, match="kernel"):
+        SlerpFaceIndex(sf, p, k, kernel="cuda")
+    # where numba is missing or does not compile, the index scores with torch
+    monkeypatch.setattr(mod, "_FUSED", LazyKernel.unavailable("no numba"))
+    idx = SlerpFaceIndex(sf, p, k)
+    assert idx.kernel == "torch"
+    torch.testing.assert_close(idx.scores(q), direct_scores(sf, q, p, k), atol=1e-5, rtol=0)
+    with pytest.raises(InputError, match="no numba"):
+        SlerpFaceIndex(sf, p, k, kernel="numba")
+
+
 def test_index_query_slices_and_small_gallery_block(monkeypatch):
     import ppfr.slerpface as mod
 
     sf, p, k, q, _ = _random_setup(n=300, m=9)
-    idx = SlerpFaceIndex(sf, p, k)
+    idx = SlerpFaceIndex(sf, p, k, kernel="torch")  # the fused kernel takes any m at once
     assert idx.block == 300  # a gallery smaller than one block is not padded
     whole = idx.scores(q)
     monkeypatch.setattr(mod, "_WORK_BYTES", 1)  # one query per slice

@@ -35,13 +35,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from functools import cache, lru_cache
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ppfr._jit import LazyKernel
 from ppfr.errors import InputError
 
 SIZE = 112  # side of an aligned face and of the frequency maps
@@ -215,26 +218,112 @@ def encode(x: Tensor, *, check_range: bool = True, out: Tensor | None = None) ->
         n = x.shape[0]
         # colour first, at 112x112: YCbCr - 128
         c = torch.einsum("oc,bchw->bohw", b["ycc_w"], x) + b["ycc_b"].view(1, 3, 1, 1)
+        padded = F.pad(c, (0, 0, 1, 1))  # one zero row above and below
+        differentiable = torch.is_grad_enabled() and x.requires_grad
+        if not differentiable:
+            if out is None:
+                out = torch.empty(n, NUM_CHANNELS, SIZE, SIZE, dtype=x.dtype, device=x.device)
+            _check_out(out, x, differentiable)
+            if x.device.type == "cpu" and x.dtype == torch.float32 and _ENCODE.get() is not None:
+                # one compiled pass that writes every output value once (the passes below
+                # write it three times): docs/benchmarks.md
+                _encode_compiled(padded, b, out)
+                return out
+        elif out is not None:
+            _check_out(out, x, differentiable)
         # rows: t1[b, c, u, I, l] = sum_t band[I, u, t] * c_padded[b, c, I + t, l]
-        rows = F.pad(c, (0, 0, 1, 1)).unfold(2, 3, 1)  # (B, 3, I, l, t), a view
+        rows = padded.unfold(2, 3, 1)  # (B, 3, I, l, t), a view
         t1 = F.pad(torch.einsum("iut,bcilt->bcuil", b["enc_band"], rows), (1, 1))
         t1 = t1[:, :, :, None]  # (B, 3, u, 1, I, 114): broadcast over v
         # columns: out[b, c, u, v, I, J] = sum_t band[J, v, t] * t1_padded[b, c, u, I, J + t];
         # three multiply-adds that each write the output once, in its final layout
         w = [b["enc_cols"][t][:, None, :] for t in range(3)]  # (v, 1, J)
         taps = [t1[..., t : t + SIZE] for t in range(3)]
-        differentiable = torch.is_grad_enabled() and x.requires_grad
-        if differentiable and out is None:
+        if differentiable:
             return (taps[0] * w[0] + taps[1] * w[1] + taps[2] * w[2]).reshape(
                 n, NUM_CHANNELS, SIZE, SIZE
             )
-        if out is None:
-            out = torch.empty(n, NUM_CHANNELS, SIZE, SIZE, dtype=x.dtype, device=x.device)
-        _check_out(out, x, differentiable)
         view = out.view(n, 3, SCALE, SCALE, SIZE, SIZE)
         torch.mul(taps[0], w[0], out=view)
         view.addcmul_(taps[1], w[1]).addcmul_(taps[2], w[2])
     return out
+
+
+def _encode_planes_py(cpad, band, cols, out):  # pragma: no cover - run compiled
+    """``encode``'s two separable steps for float32 images ``cpad`` (YCbCr - 128, one zero
+    row above and below), written into ``out`` one (colour, u, v) plane at a time.
+
+    Per colour and row frequency u, the rows step ``t1[I, 1 + l] = sum_t band[I, u, t] *
+    cpad[I + t, l]`` (zero-padded to 114 columns) stays in L1/L2; every plane
+    ``out[I, J] = sum_t t1[I, J + t] * cols[t, v, J]`` is then written once, contiguously.
+
+    Shape:
+        cpad ``(B, 3, 114, 112)``; band ``(112, 8, 3)``; cols ``(3, 8, 112)``;
+        out ``(B, 192, 112, 112)``.
+    """
+    t1 = np.zeros((SIZE, SIZE + 2), np.float32)
+    for b in range(cpad.shape[0]):
+        for colour in range(3):
+            img = cpad[b, colour]
+            for u in range(SCALE):
+                for i in range(SIZE):
+                    w0, w1, w2 = band[i, u, 0], band[i, u, 1], band[i, u, 2]
+                    for col in range(SIZE):
+                        t1[i, col + 1] = (
+                            w0 * img[i, col] + w1 * img[i + 1, col] + w2 * img[i + 2, col]
+                        )
+                for v in range(SCALE):
+                    plane = out[b, (colour * SCALE + u) * SCALE + v]
+                    c0, c1, c2 = cols[0, v], cols[1, v], cols[2, v]
+                    for i in range(SIZE):
+                        for j in range(SIZE):
+                            plane[i, j] = (
+                                t1[i, j] * c0[j] + t1[i, j + 1] * c1[j] + t1[i, j + 2] * c2[j]
+                            )
+    return 0
+
+
+def _build_encode() -> Any:
+    import numba
+
+    kernel = numba.njit(
+        cache=True, nogil=True, boundscheck=False, error_model="numpy", fastmath={"contract"}
+    )(_encode_planes_py)
+    # compile (or load from numba's cache) now, on one image, and check it once against
+    # the separable passes, so a machine where it misbehaves keeps the torch path
+    g = torch.Generator().manual_seed(0)
+    cpad = F.pad(torch.randn(1, 3, SIZE, SIZE, generator=g) * 100, (0, 0, 1, 1))
+    b = _bases(torch.device("cpu"), torch.float32)
+    got = np.empty((1, NUM_CHANNELS, SIZE, SIZE), np.float32)
+    kernel(cpad.numpy(), b["enc_band"].numpy(), b["enc_cols"].numpy(), got)
+    t1 = F.pad(torch.einsum("iut,bcilt->bcuil", b["enc_band"], cpad.unfold(2, 3, 1)), (1, 1))
+    want = sum(t1[:, :, :, None, :, t : t + SIZE] * b["enc_cols"][t][:, None, :] for t in range(3))
+    if not np.allclose(got, want.reshape(got.shape).numpy(), rtol=1e-4, atol=1e-3):
+        raise RuntimeError("the compiled encode disagrees with the separable passes")
+    return kernel
+
+
+#: the compiled :func:`_encode_planes_py` (None where numba is missing or fails)
+_ENCODE = LazyKernel(_build_encode)
+
+
+def _encode_compiled(cpad: Tensor, b: dict[str, Tensor], out: Tensor) -> None:
+    """Run the compiled encode over the batch, split across torch's thread count (the
+    kernel releases the GIL)."""
+    kernel, band, cols = _ENCODE.get(), b["enc_band"].numpy(), b["enc_cols"].numpy()
+    src, dst = cpad.contiguous().numpy(), out.numpy()
+    workers = min(torch.get_num_threads(), len(src))
+    if workers <= 1:
+        kernel(src, band, cols, dst)
+        return
+    bounds = np.linspace(0, len(src), workers + 1).astype(int)
+    with ThreadPoolExecutor(workers) as pool:
+        jobs = [
+            pool.submit(kernel, src[lo:hi], band, cols, dst[lo:hi])
+            for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)
+        ]
+        for job in jobs:
+            job.result()
 
 
 def _check_faces_range(x: Tensor, what: str) -> None:
@@ -261,15 +350,17 @@ def _check_out(out: Tensor, x: Tensor, differentiable: bool) -> None:
         raise InputError("encode: out must be contiguous")
 
 
-def decode(f: Tensor) -> Tensor:
+def decode(f: Tensor, *, clamp: bool = True) -> Tensor:
     r"""Inverse transform ``d``: 192 block-DCT channels -> RGB image in [0, 1].
 
     ``decode(encode(x))`` equals ``(x + 1) / 2`` up to the resampling error of the x8 / ÷8
-    pair (bilinear resampling is not exactly invertible).
+    pair (bilinear resampling is not exactly invertible). ``clamp=False`` returns the
+    linear map without the final clamp to [0, 1]: a loss on it keeps its gradient where the
+    image saturates (MinusFace's stage 1 needs that).
 
     Shape:
         - f: :math:`(B, 192, 112, 112)`, float32 or float64
-        - output: :math:`(B, 3, 112, 112)` in [0, 1]
+        - output: :math:`(B, 3, 112, 112)`, in [0, 1] unless ``clamp=False``
 
     Example:
         >>> x = torch.rand(1, 3, 112, 112) * 2 - 1
@@ -293,7 +384,7 @@ def decode(f: Tensor) -> Tensor:
             y.addcmul_(rows[:, :, v], fold[v])
         y = y - b["rgb_shift"].view(1, 3, 1, 1)
         rgb = torch.einsum("oc,bchw->bohw", b["rgb_w"], y)
-    return rgb.clamp(0.0, 1.0)
+    return rgb.clamp(0.0, 1.0) if clamp else rgb
 
 
 # --------------------------------------------------------------------------- composed with a layer

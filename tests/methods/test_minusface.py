@@ -109,6 +109,25 @@ def test_both_stages_train(orl4, train_stage):
         assert torch.equal(v, gen_after[k]), k
 
 
+def test_stage_one_pixel_loss_pulls_back_saturating_residues(faces):
+    # a residue so large that d(x') saturates almost everywhere: the unclamped loss still has
+    # the gradient that shrinks it; the clamped one (the default) is nearly flat there, which
+    # is how stage 1 learns residue spikes (docs/privacy.md)
+    grads = {}
+    for clamp in (False, True):
+        m = ppfr.create(
+            "minusface", num_classes=4, **TINY_MINUSFACE, pixel_clamp=clamp, identity_weight=0.0
+        )
+        bias = m.client.generator.out.bias
+        with torch.no_grad():  # random signs: a constant would cancel at most pixels
+            bias.normal_(0, 50.0, generator=torch.Generator().manual_seed(0))
+        loss, logs = m.stages()[0].module(faces, torch.arange(len(faces)) % 4)
+        loss.backward()
+        grads[clamp] = float(bias.grad.norm())
+    assert grads[False] > 1e-2
+    assert grads[True] < 0.05 * grads[False]
+
+
 def _strong_residue(m):
     """A residue well away from zero (untrained U-Nets start near it), so checks mean something."""
     g = m.client.generator
@@ -175,13 +194,21 @@ def test_tile_grid_moves_whole_tiles_per_image(faces):
     assert moved >= 2  # fresh orders per image (1 in 24 keeps the layout)
 
 
-@pytest.mark.parametrize("option", [{"equalise": True}, {"tile_grid": 4}])
+@pytest.mark.parametrize(
+    "option", [{"equalise": True}, {"tile_grid": 4}, {"stage1_reads": "protected"}]
+)
 def test_hardened_stage_one_trains(option, orl4, train_stage):
     torch.manual_seed(0)
     m = ppfr.create("minusface", num_classes=4, **TINY_MINUSFACE, **option)
     idx = torch.arange(0, 40, 3)
     x, y = orl4.faces[idx], torch.as_tensor(orl4.labels[idx])
-    s1, _ = m.stages()
+    s1, s2 = m.stages()
+    server = {id(p) for p in m.server.parameters()}
+    trained = {id(p) for g in s1.param_groups for p in g["params"]}
+    # stage1_reads="protected": stage 1 trains f_p itself, and stage 2 goes on with its head
+    assert (server <= trained) == (option.get("stage1_reads") == "protected")
+    if option.get("stage1_reads") == "protected":
+        assert s2.module.head is s1.module.head and "recognizer" not in m.train_part
     before, after, logs = train_stage(s1, x, y, steps=6, lr=0.001)
     assert set(logs) == {"pixel", "id"} and after < before
 
@@ -191,6 +218,8 @@ def test_hardening_options_are_checked():
         ppfr.create("minusface", tile_grid=5)
     with pytest.raises(InputError, match="equalise_rms"):
         ppfr.create("minusface", equalise=True, equalise_rms=0.0)
+    with pytest.raises(InputError, match="stage1_reads"):
+        ppfr.create("minusface", stage1_reads="face")
 
 
 def test_protect_runs_large_batches_in_passes(faces, monkeypatch):
@@ -208,3 +237,79 @@ def test_protect_runs_large_batches_in_passes(faces, monkeypatch):
         g = torch.Generator().manual_seed(2)
         parts = torch.cat([m.protect(part, generator=g) for part in x.split(3)])
     assert whole.shape == (8, 3, 112, 112) and torch.equal(whole, parts)
+
+
+def test_feature_cache_gives_protect_without_the_unet(faces, monkeypatch):
+    from ppfr.data.base import TensorFaces
+    from ppfr.methods.minusface import FeatureCache
+
+    m = _strong_residue(_model())
+    m.client.requires_grad_(False)  # frozen, as in stage 2
+    data = TensorFaces(faces[:3], [0, 1, 2])
+    cache = FeatureCache(m.client, budget_mb=64)
+    cache.fill(data, flip=True)
+    assert len(cache) == 6
+    batch = torch.stack([faces[1], faces[2].flip(-1), faces[0]])
+    torch.manual_seed(5)
+    want = m.client.protect(batch)
+    calls = []
+    monkeypatch.setattr(m.client.generator, "hidden", lambda h: calls.append(h) or h)
+    torch.manual_seed(5)
+    torch.testing.assert_close(cache.protect(batch), want, rtol=0, atol=1e-5)
+    assert not calls  # every image was cached: no U-Net pass
+    monkeypatch.undo()
+    # an image it never saw: the whole batch goes through protect
+    unseen = torch.cat([batch[:1], faces[3:]])
+    torch.manual_seed(6)
+    want = m.client.protect(unseen)
+    torch.manual_seed(6)
+    torch.testing.assert_close(cache.protect(unseen), want, rtol=0, atol=1e-5)
+    # a changed generator makes the cached features stale
+    with torch.no_grad():
+        m.client.generator.out.weight.mul_(2.0)
+    torch.manual_seed(5)
+    want = m.client.protect(batch)
+    torch.manual_seed(5)
+    torch.testing.assert_close(cache.protect(batch), want, rtol=0, atol=1e-5)
+    # over budget (8 x 200 KB > 1 MiB) or off: nothing is cached
+    for budget in (0, 1):
+        small = FeatureCache(m.client, budget_mb=budget)
+        small.fill(TensorFaces(faces, [0] * len(faces)), flip=True)
+        assert len(small) == 0 and small.features is None
+
+
+def test_stage_one_adversary_trains_against_the_generator(faces, monkeypatch):
+    import ppfr.methods.minusface as mf
+
+    def grads(reverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        torch.manual_seed(0)
+        m = ppfr.create(
+            "minusface",
+            num_classes=4,
+            **TINY_MINUSFACE,
+            adversary_weight=1.0,
+            adversary_width=4,
+            pixel_weight=0.0,
+            identity_weight=0.0,
+        )
+        _strong_residue(m)
+        if not reverse:
+            monkeypatch.setattr(mf, "reverse_gradient", lambda x: x)
+        step = m.stages()[0].module
+        assert step.adversary is m.train_part["adversary"]
+        torch.manual_seed(1)  # the same shuffle both times
+        loss, logs = step(faces, torch.arange(len(faces)) % 4)
+        assert logs["adv"] == pytest.approx(float(loss))
+        loss.backward()
+        monkeypatch.undo()
+        return m.client.generator.out.weight.grad.clone(), m.train_part[
+            "adversary"
+        ].out.weight.grad.clone()
+
+    gen, adv = grads(reverse=True)
+    gen_plain, adv_plain = grads(reverse=False)
+    assert gen.abs().max() > 0
+    # the generator climbs the adversary's loss, the adversary descends it
+    torch.testing.assert_close(gen, -gen_plain)
+    torch.testing.assert_close(adv, adv_plain)
+    assert "adversary" not in ppfr.create("minusface", num_classes=4, **TINY_MINUSFACE).train_part

@@ -25,7 +25,7 @@ import os
 import tempfile
 import tomllib
 from abc import ABCMeta, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -53,7 +53,10 @@ class Stage:
     ``param_groups`` are ``{"params": [...], "lr_scale": float}``, optionally with a
     ``"weight_decay"`` that replaces the run's for that group (DCTDP's noise budgets take
     none); ``frozen`` modules are kept in eval mode; each epoch passes over the data
-    ``repeats`` times.
+    ``repeats`` times. ``begin(dataset, flip)``, when given, runs before the stage's first
+    epoch (also when a run resumes into the stage), after ``frozen`` is frozen, with the
+    training dataset and whether batches are mirrored: a step whose client is frozen can
+    precompute per-image work there (MinusFace's stage 2).
     """
 
     name: str
@@ -61,6 +64,7 @@ class Stage:
     param_groups: list[dict[str, Any]]
     frozen: list[nn.Module] = field(default_factory=list)
     repeats: int = 1
+    begin: Callable[[Any, bool], None] | None = None
 
 
 def check_faces(x: Any, what: str = "protect") -> Tensor:

@@ -11,7 +11,11 @@ and keeps the **residue** :math:`r = x - x'`: what the generator could not rebui
           + 1\,\mathrm{ArcFace}(f(r), y)
 
 The L1 term makes :math:`g` regenerate the face; the identity term makes the residue keep
-what identifies the person. The generator learns at half the recognizer's rate.
+what identifies the person. The generator learns at half the recognizer's rate. The L1 term
+reads :math:`d` after its clamp to [0, 1], so a residue large enough to saturate a block gets
+no gradient back from it, and at the demo budget stage 1 learns such spikes;
+``pixel_clamp=False`` reads it before the clamp (docs/privacy.md, "Repairing stage 1", has
+what that and other stage-1 variants did).
 
 **Protection.** The residue channels are put in a random order :math:`\theta` (one of 192!
 orders), drawn anew for every image and every call, then decoded:
@@ -29,7 +33,8 @@ must reach the generator (stage 1), the plain path runs.
 
 **Stage 2** freezes :math:`g` and trains a new recognizer :math:`f_p` from scratch on
 :math:`X_p` (given to it as :math:`2X_p - 1`); every training image is shuffled anew
-``train_repeats`` (r = 3) times per epoch.
+``train_repeats`` (r = 3) times per epoch. The frozen U-Net's last features of each training
+image are computed once (:class:`FeatureCache`), so an epoch only shuffles and decodes.
 
 Where the public code and the paper differ we follow the paper (generator learning
 rate half the recognizer's; ArcFace head). Our choices: :math:`f` and :math:`g` see the
@@ -54,11 +59,14 @@ budget (docs/results.md); both are off by default.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
 
 from ppfr import freq, remap
 from ppfr.errors import InputError
@@ -94,6 +102,22 @@ class MinusFaceConfig(RecognizerConfig):
     train_repeats: int = 3
     pixel_weight: float = 5.0
     identity_weight: float = 1.0
+    #: stage 1's pixel loss compares the face with d(x') after d's clamp to [0, 1] (True);
+    #: False compares before it, so a residue that saturates a block still gets a gradient
+    #: back. Unclamped, the demo-budget residue died out instead (docs/privacy.md,
+    #: "Repairing stage 1")
+    pixel_clamp: bool = True
+    #: what stage 1's recognizer reads. "residue" (the paper): a separate recognizer f reads
+    #: the 192-channel residue, and stage 2 trains f_p from scratch. "protected" (ours):
+    #: stage 1 trains f_p itself on X_p as protect makes it (shuffled and decoded, before
+    #: the clamp), so the generator learns to put identity where the shuffle keeps it;
+    #: stage 2 goes on training f_p, with its head, on the real X_p
+    stage1_reads: str = "residue"
+    #: hardening (docs/privacy.md, "Repairing stage 1"): an inverter trained in stage 1 to
+    #: rebuild the face from X_p, the generator trained against it through a reversed
+    #: gradient, with this weight (0: off; then no inverter is built)
+    adversary_weight: float = 0.0
+    adversary_width: int = 8
     generator_lr_scale: float = 0.5
     coef_scale: float = 128.0
     #: g(x) = x + U(x) with U's output layer initialised small, so g starts near the
@@ -110,12 +134,29 @@ class MinusFaceConfig(RecognizerConfig):
     #: hardening: cut X_p into ``tile_grid`` x ``tile_grid`` tiles and put them in a fresh
     #: random order per image and call (0: off; the grid must divide 112)
     tile_grid: int = 0
+    #: stage 2 keeps the frozen generator's last features of every training image (and
+    #: of its mirror) when they fit in this many MiB, so an epoch only shuffles and decodes
+    #: (:class:`FeatureCache`); 0 turns it off. Training-time only: protect never uses it
+    feature_cache_mb: int = 1024
 
     def __post_init__(self) -> None:
         if self.shuffles < 1 or self.train_repeats < 1:
             raise InputError("shuffles and train_repeats must be at least 1")
+        if self.stage1_reads not in ("residue", "protected"):
+            raise InputError(
+                f"stage1_reads must be 'residue' or 'protected', got {self.stage1_reads!r}"
+            )
         if self.equalise_rms <= 0:
             raise InputError(f"equalise_rms must be positive, got {self.equalise_rms}")
+        if self.adversary_weight < 0 or self.adversary_width < 1:
+            raise InputError(
+                f"adversary_weight must be at least 0 and adversary_width at least 1, got "
+                f"{self.adversary_weight} and {self.adversary_width}"
+            )
+        if self.feature_cache_mb < 0:
+            raise InputError(
+                f"feature_cache_mb must be 0 (off) or more, got {self.feature_cache_mb}"
+            )
         if self.tile_grid < 0 or (self.tile_grid and freq.SIZE % self.tile_grid):
             raise InputError(
                 f"tile_grid must be 0 (off) or divide {freq.SIZE}, got {self.tile_grid}"
@@ -218,7 +259,7 @@ class MinusFaceClient(nn.Module):
         if len(x) > step:  # see _faces_per_pass
             return torch.cat([self.protect(part, generator) for part in x.split(step)])
         if self._composed():
-            views = self._protect_composed(x, generator)
+            views = self._decode_hidden(self.hidden(x), generator)
         else:
             r = self.equalised(self.residue(x))
             views = [freq.decode(shuffle_channels(r, generator)) for _ in range(self.shuffles)]
@@ -245,14 +286,28 @@ class MinusFaceClient(nn.Module):
             p.requires_grad for p in self.generator.parameters()
         )
 
-    def _protect_composed(self, x: Tensor, generator: torch.Generator | None) -> list[Tensor]:
-        """The same X_p without the 192-channel tensors: the U-Net's stem is applied to the
-        image through ``freq.encode_conv`` (the transform and the stem as one map), and its
-        output layer, negated and with its rows in the shuffled order, goes straight to
-        pixels through ``freq.decode_linear``. Equal to the plain path up to float rounding
+    def hidden(self, x: Tensor) -> Tensor:
+        """The U-Net's last features h for faces ``x``, its stem applied to the image through
+        ``freq.encode_conv`` (the transform and the stem as one map). With the skip the
+        residue is linear in them, :math:`r = -s\,(W h + b)` (s: ``input_scale``), so X_p
+        follows from h alone (:meth:`protect_hidden`). Needs :meth:`_composed`.
+
+        Shape:
+            x :math:`(B, 3, 112, 112)` -> :math:`(B, w, 112, 112)`, w the U-Net's width
+        """
+        return self.generator.hidden(freq.encode_conv(x, self._stem_kernel(x), check_range=False))
+
+    def protect_hidden(self, h: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """X_p from the U-Net's last features (:meth:`hidden`): what protect sends, for the
+        same draws of ``generator``, up to float rounding."""
+        return torch.cat([self.remap(v, generator) for v in self._decode_hidden(h, generator)], 1)
+
+    def _decode_hidden(self, h: Tensor, generator: torch.Generator | None) -> list[Tensor]:
+        """The protected views without the 192-channel tensors: the output layer, negated
+        and with its rows in the shuffled order, goes straight to pixels through
+        ``freq.decode_linear``. Equal to the plain path up to float rounding
         (``tests/methods/test_minusface.py``), for the same draws of ``generator``."""
         g = self.generator
-        h = g.hidden(freq.encode_conv(x, self._stem_kernel(x), check_range=False))
         scale = -g.input_scale  # r = -U = -(out(h)) * input_scale
         weight = g.out.weight.flatten(1) * scale
         bias = g.out.bias * scale
@@ -264,7 +319,7 @@ class MinusFaceClient(nn.Module):
             gain = equalise_scale(power.unsqueeze(1) / freq.NUM_CHANNELS, self.equalise_rms)
         views = []
         for _ in range(self.shuffles):
-            order = random_orders(x.shape[0], freq.NUM_CHANNELS, generator, x.device)
+            order = random_orders(h.shape[0], freq.NUM_CHANNELS, generator, h.device)
             views.append(freq.decode_linear(h, weight[order], bias[order], scale=gain))
         return views
 
@@ -286,25 +341,148 @@ class MinusFaceClient(nn.Module):
         return self.protect(x)
 
 
+class FeatureCache:
+    """Stage 2's shortcut: the frozen generator's last features of the training images.
+
+    In stage 2 the generator is frozen, so the U-Net's last features h of a training image
+    (:meth:`MinusFaceClient.hidden`) are the same in every epoch and repeat; only the shuffle
+    and the decode (``freq.decode_linear``) are drawn anew. :meth:`fill` computes h once for
+    every image of the dataset and, when batches are mirrored, for its mirror, in dataset
+    order and fixed passes (so a resumed run computes the same values); :meth:`protect`
+    then looks each image of a batch up by its bytes and runs only
+    :meth:`MinusFaceClient.protect_hidden`. A batch with an image it never saw, a generator
+    whose weights changed, or features that would exceed ``budget_mb`` (nothing is cached
+    then) fall back to the client's ``protect``. At the demo budget this removes the
+    U-Net's share of stage 2 (docs/benchmarks.md).
+    """
+
+    def __init__(self, client: MinusFaceClient, budget_mb: int) -> None:
+        self.client = client
+        self.budget = int(budget_mb) << 20
+        self.rows: dict[bytes, int] = {}
+        self.features: Tensor | None = None
+        self._weights: tuple[int, ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def fill(self, dataset: Any, flip: bool) -> None:
+        """Compute h for every image of ``dataset`` (and its mirror with ``flip``)."""
+        self.rows, self.features = {}, None
+        client = self.client.eval()
+        if not client._composed() or not self.budget:
+            return
+        width = client.generator.out.in_channels
+        count = len(dataset) * (2 if flip else 1)
+        if count * width * freq.SIZE * freq.SIZE * 4 > self.budget:
+            return
+        device = client.generator.out.weight.device
+        features = torch.empty(count, width, freq.SIZE, freq.SIZE, device=device)
+        loader = DataLoader(dataset, batch_size=client._faces_per_pass(), shuffle=False)
+        row = 0
+        with torch.no_grad():
+            for x, _ in loader:
+                x = x.to(device)
+                for faces in (x, x.flip(-1)) if flip else (x,):
+                    features[row : row + len(faces)] = client.hidden(faces)
+                    for face in faces:
+                        self.rows.setdefault(_digest(face), row)
+                        row += 1
+        self.features, self._weights = features, self._version()
+
+    def protect(self, x: Tensor) -> Tensor:
+        """X_p of a batch of training images, from the cached h where all are cached."""
+        if self.features is not None and self._version() == self._weights:
+            rows = [self.rows.get(_digest(face)) for face in x]
+            if None not in rows:
+                index = torch.tensor(rows, device=self.features.device)
+                return self.client.protect_hidden(self.features.index_select(0, index))
+        return self.client.protect(x)
+
+    def _version(self) -> tuple[int, ...]:
+        # in-place updates bump _version: a changed generator invalidates the features
+        return tuple(p._version for p in self.client.generator.parameters())
+
+
+def _digest(face: Tensor) -> bytes:
+    """A 16-byte key of one image's exact values."""
+    data = face.detach().to("cpu", copy=False).contiguous().numpy()
+    return hashlib.blake2b(data, digest_size=16).digest()
+
+
 class _Stage1(nn.Module):
     def __init__(self, model: MinusFace) -> None:
         super().__init__()
         cfg = model.config
         self.client = model._part("client")
-        self.recognizer = model._part("train")["recognizer"]
         self.head = model._part("train")["head"]
+        self.reads_protected = cfg.stage1_reads == "protected"
+        if self.reads_protected:  # f_p itself, through its input scaling
+            self.recognizer = model._part("server")
+        else:
+            self.recognizer = model._part("train")["recognizer"]
         self.scale, self.w_pix, self.w_id = cfg.coef_scale, cfg.pixel_weight, cfg.identity_weight
         self.equalise = cfg.equalise_stage1
+        self.clamp = cfg.pixel_clamp
+        self.shuffles = cfg.shuffles
+        self.w_adv = cfg.adversary_weight
+        self.adversary = model._part("train")["adversary"] if self.w_adv else None
 
     def forward(self, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, float]]:
         _, f_regen, r = self.client.regenerate(x)
-        pixel = F.l1_loss(2 * freq.decode(f_regen) - 1, x)
-        # f reads the residue as protect sends it: equalised, its tiles moved (a fresh order
-        # per image and step, so f learns what the server's f_p must: to read tiles unordered)
-        seen = self.client.remap(self.client.equalised(r) if self.equalise else r)
-        identity = self.head(self.recognizer(seen / self.scale), y)
+        # clamped (the default): where a large residue saturates d's clamp this loss has no
+        # gradient left to shrink it (docs/privacy.md, "Repairing stage 1")
+        pixel = F.l1_loss(2 * freq.decode(f_regen, clamp=self.clamp) - 1, x)
+        # the recognizer reads the residue as protect sends it: equalised, its tiles moved
+        # (a fresh order per image and step, so it learns what f_p must: to read them
+        # unordered); with stage1_reads="protected" also shuffled and decoded (unclamped,
+        # for the same reason as the pixel loss)
+        seen = self.client.equalised(r) if self.equalise else r
+        if self.reads_protected:
+            views = [freq.decode(shuffle_channels(seen), clamp=False) for _ in range(self.shuffles)]
+            embedding = self.recognizer(torch.cat([self.client.remap(v) for v in views], 1))
+        else:
+            embedding = self.recognizer(self.client.remap(seen) / self.scale)
+        identity = self.head(embedding, y)
         loss = self.w_pix * pixel + self.w_id * identity
-        return loss, {"pixel": float(pixel.detach()), "id": float(identity.detach())}
+        logs = {"pixel": float(pixel.detach()), "id": float(identity.detach())}
+        if self.adversary is not None:
+            # X_p as sent (clamped) in the forward pass, the gradient straight through the
+            # clamp, and reversed into the generator: the adversary learns to rebuild the
+            # face, the generator to make that hard
+            p = freq.decode(shuffle_channels(seen), clamp=False)
+            p = reverse_gradient(self.client.remap(p + (p.clamp(0.0, 1.0) - p).detach()))
+            # standardised per image, as the recovery attack's inverter standardises its
+            # input: shrinking X_p towards a constant must not fool it
+            mean, std = p.mean((1, 2, 3), keepdim=True), p.std((1, 2, 3), keepdim=True)
+            guess = self.adversary((p - mean) / (std + 1e-3))
+            adversary = F.l1_loss(2 * torch.sigmoid(guess) - 1, x)
+            loss = loss + self.w_adv * adversary
+            logs["adv"] = float(adversary.detach())
+        return loss, logs
+
+
+class _ReverseGradient(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        return -grad
+
+
+def reverse_gradient(x: Tensor) -> Tensor:
+    """The identity, whose gradient is negated: what follows minimises a loss that what
+    precedes it maximises (one optimiser step trains both sides of the game).
+
+    Example:
+        >>> x = torch.ones(2, requires_grad=True)
+        >>> (3 * reverse_gradient(x)).sum().backward()
+        >>> x.grad.tolist()
+        [-3.0, -3.0]
+    """
+    return _ReverseGradient.apply(x)
 
 
 @register_method
@@ -321,13 +499,18 @@ class MinusFace(Method):
         return Recognition(recognizer, Rescale(divisor=0.5, shift=0.5))
 
     def build_train(self) -> nn.Module:
-        return nn.ModuleDict(
-            {
-                "recognizer": build_recognizer(self.config, freq.NUM_CHANNELS),  # f, stage 1
-                "head": build_head(self.config),
-                "protected_head": build_head(self.config),  # f_p's head, stage 2
+        cfg = self.config
+        if cfg.stage1_reads == "protected":  # f_p and its head train in both stages
+            parts = {"head": build_head(cfg)}
+        else:
+            parts = {
+                "recognizer": build_recognizer(cfg, freq.NUM_CHANNELS),  # f, stage 1
+                "head": build_head(cfg),
+                "protected_head": build_head(cfg),  # f_p's head, stage 2
             }
-        )
+        if cfg.adversary_weight:  # stage 1's inverter: X_p (3n maps) -> face
+            parts["adversary"] = UNet(3 * cfg.shuffles, 3, width=cfg.adversary_width)
+        return nn.ModuleDict(parts)
 
     @property
     def representation_shape(self) -> tuple[int, ...]:
@@ -346,19 +529,27 @@ class MinusFace(Method):
         client = self._part("client")
         server = self._part("server")
         train = self._part("train")
+        step1 = _Stage1(self)
         stage1 = Stage(
             "residue",
-            _Stage1(self),
+            step1,
             [
                 self.param_group(client, lr_scale=cfg.generator_lr_scale),
-                self.param_group(train["recognizer"], train["head"]),
+                self.param_group(
+                    step1.recognizer,
+                    train["head"],
+                    *([step1.adversary] if cfg.adversary_weight else []),
+                ),
             ],
         )
+        head2 = train["head"] if cfg.stage1_reads == "protected" else train["protected_head"]
+        cache = FeatureCache(client, cfg.feature_cache_mb)
         stage2 = Stage(
             "protected",
-            RecognizerStep(client, server, train["protected_head"]),
-            [self.param_group(server, train["protected_head"])],
+            RecognizerStep(cache.protect, server, head2),
+            [self.param_group(server, head2)],
             frozen=[client],
             repeats=cfg.train_repeats,
+            begin=cache.fill,
         )
         return [stage1, stage2]

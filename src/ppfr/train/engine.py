@@ -276,6 +276,8 @@ class Trainer:
         epochs, milestones, lr = self.cfg.stage(stage.name)
         for m in stage.frozen:
             m.requires_grad_(False)
+        if stage.begin is not None:
+            stage.begin(self.dataset, self.cfg.data.flip)
         optimizer, scheduler = self._optimizer(stage, lr, milestones)
         autocast, scaler = self._amp()
         if state is not None:
