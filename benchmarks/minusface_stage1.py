@@ -40,6 +40,7 @@ VARIANTS: dict[str, dict] = {
     "plain-unet-pw5": {"generator_skip": False, "pixel_clamp": False, "pixel_weight": 5.0},
     # an inverter trained in stage 1, the generator against it (reversed gradient)
     "adversary": {"adversary_weight": 5.0},
+    "adversary-w2": {"adversary_weight": 2.0},
 }
 
 

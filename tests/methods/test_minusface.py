@@ -277,6 +277,14 @@ def test_feature_cache_gives_protect_without_the_unet(faces, monkeypatch):
         small.fill(TensorFaces(faces, [0] * len(faces)), flip=True)
         assert len(small) == 0 and small.features is None
 
+    class Stream(torch.utils.data.IterableDataset):  # no length: nothing to precompute
+        def __iter__(self):
+            yield faces[0], 0
+
+    stream = FeatureCache(m.client, budget_mb=64)
+    stream.fill(Stream(), flip=False)
+    assert len(stream) == 0 and stream.features is None
+
 
 def test_stage_one_adversary_trains_against_the_generator(faces, monkeypatch):
     import ppfr.methods.minusface as mf

@@ -54,7 +54,11 @@ leaves every position where it was, so where the residue has energy traces the f
 (in stage 1 too unless ``equalise_stage1`` is off); ``tile_grid`` puts the tiles of
 :math:`X_p` in a fresh random order per image and call (:mod:`ppfr.remap`; decode is
 position-local, so this moves the residue's positions). Neither kept recognition at the demo
-budget (docs/results.md); both are off by default.
+budget (docs/results.md); both are off by default. ``adversary_weight`` trains an inverter
+in stage 1 to rebuild the face from :math:`X_p` and the generator against it (a reversed
+gradient, :func:`reverse_gradient`): at the demo budget it removed the outline and met the
+privacy targets on one split, at a large cost in accuracy (docs/privacy.md, "Repairing
+stage 1", with the other stage-1 variants: ``pixel_clamp``, ``stage1_reads``).
 """
 
 from __future__ import annotations
@@ -372,8 +376,11 @@ class FeatureCache:
         client = self.client.eval()
         if not client._composed() or not self.budget:
             return
+        try:
+            count = len(dataset) * (2 if flip else 1)
+        except TypeError:  # a stream without a length: nothing to precompute
+            return
         width = client.generator.out.in_channels
-        count = len(dataset) * (2 if flip else 1)
         if count * width * freq.SIZE * freq.SIZE * 4 > self.budget:
             return
         device = client.generator.out.weight.device
