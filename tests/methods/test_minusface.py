@@ -207,9 +207,13 @@ def test_hardened_stage_one_trains(option, orl4, train_stage):
     trained = {id(p) for g in s1.param_groups for p in g["params"]}
     # stage1_reads="protected": stage 1 trains f_p itself, and stage 2 goes on with its head
     assert (server <= trained) == (option.get("stage1_reads") == "protected")
+    steps, lr = 6, 0.001
     if option.get("stage1_reads") == "protected":
         assert s2.module.head is s1.module.head and "recognizer" not in m.train_part
-    before, after, logs = train_stage(s1, x, y, steps=6, lr=0.001)
+        # f_p reading freshly shuffled X_p is noisier at first: 6 steps at 0.001 raised the
+        # loss under the default kernel set; 10 at 0.003 lowers it under all three
+        steps, lr = 10, 0.003
+    before, after, logs = train_stage(s1, x, y, steps=steps, lr=lr)
     assert set(logs) == {"pixel", "id"} and after < before
 
 
