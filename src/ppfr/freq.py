@@ -219,33 +219,45 @@ def encode(x: Tensor, *, check_range: bool = True, out: Tensor | None = None) ->
         # colour first, at 112x112: YCbCr - 128
         c = torch.einsum("oc,bchw->bohw", b["ycc_w"], x) + b["ycc_b"].view(1, 3, 1, 1)
         padded = F.pad(c, (0, 0, 1, 1))  # one zero row above and below
-        differentiable = torch.is_grad_enabled() and x.requires_grad
-        if not differentiable:
-            if out is None:
-                out = torch.empty(n, NUM_CHANNELS, SIZE, SIZE, dtype=x.dtype, device=x.device)
-            _check_out(out, x, differentiable)
-            if x.device.type == "cpu" and x.dtype == torch.float32 and _ENCODE.get() is not None:
-                # one compiled pass that writes every output value once (the passes below
-                # write it three times): docs/benchmarks.md
-                _encode_compiled(padded, b, out)
-                return out
-        elif out is not None:
-            _check_out(out, x, differentiable)
-        # rows: t1[b, c, u, I, l] = sum_t band[I, u, t] * c_padded[b, c, I + t, l]
-        rows = padded.unfold(2, 3, 1)  # (B, 3, I, l, t), a view
-        t1 = F.pad(torch.einsum("iut,bcilt->bcuil", b["enc_band"], rows), (1, 1))
-        t1 = t1[:, :, :, None]  # (B, 3, u, 1, I, 114): broadcast over v
-        # columns: out[b, c, u, v, I, J] = sum_t band[J, v, t] * t1_padded[b, c, u, I, J + t];
-        # three multiply-adds that each write the output once, in its final layout
-        w = [b["enc_cols"][t][:, None, :] for t in range(3)]  # (v, 1, J)
-        taps = [t1[..., t : t + SIZE] for t in range(3)]
-        if differentiable:
-            return (taps[0] * w[0] + taps[1] * w[1] + taps[2] * w[2]).reshape(
-                n, NUM_CHANNELS, SIZE, SIZE
-            )
-        view = out.view(n, 3, SCALE, SCALE, SIZE, SIZE)
-        torch.mul(taps[0], w[0], out=view)
-        view.addcmul_(taps[1], w[1]).addcmul_(taps[2], w[2])
+        if torch.is_grad_enabled() and x.requires_grad:
+            if out is not None:
+                _check_out(out, x, differentiable=True)
+            return _encode_separable(padded, b)
+        if out is None:
+            out = torch.empty(n, NUM_CHANNELS, SIZE, SIZE, dtype=x.dtype, device=x.device)
+        _check_out(out, x, differentiable=False)
+        if x.device.type == "cpu" and x.dtype == torch.float32 and _ENCODE.get() is not None:
+            # one compiled pass that writes every output value once (the separable passes
+            # write it three times): docs/benchmarks.md
+            _encode_compiled(padded, b, out)
+            return out
+        return _encode_separable(padded, b, out)
+
+
+def _encode_separable(padded: Tensor, b: dict[str, Tensor], out: Tensor | None = None) -> Tensor:
+    """``encode``'s two separable steps in PyTorch ops, from the YCbCr - 128 images with one
+    zero row above and below: differentiable, any device and dtype. Into ``out`` when given
+    (not differentiable), else a new tensor.
+
+    Shape:
+        padded :math:`(B, 3, 114, 112)` -> :math:`(B, 192, 112, 112)`
+    """
+    n = padded.shape[0]
+    # rows: t1[b, c, u, I, l] = sum_t band[I, u, t] * c_padded[b, c, I + t, l]
+    rows = padded.unfold(2, 3, 1)  # (B, 3, I, l, t), a view
+    t1 = F.pad(torch.einsum("iut,bcilt->bcuil", b["enc_band"], rows), (1, 1))
+    t1 = t1[:, :, :, None]  # (B, 3, u, 1, I, 114): broadcast over v
+    # columns: out[b, c, u, v, I, J] = sum_t band[J, v, t] * t1_padded[b, c, u, I, J + t];
+    # three multiply-adds that each write the output once, in its final layout
+    w = [b["enc_cols"][t][:, None, :] for t in range(3)]  # (v, 1, J)
+    taps = [t1[..., t : t + SIZE] for t in range(3)]
+    if out is None:
+        return (taps[0] * w[0] + taps[1] * w[1] + taps[2] * w[2]).reshape(
+            n, NUM_CHANNELS, SIZE, SIZE
+        )
+    view = out.view(n, 3, SCALE, SCALE, SIZE, SIZE)
+    torch.mul(taps[0], w[0], out=view)
+    view.addcmul_(taps[1], w[1]).addcmul_(taps[2], w[2])
     return out
 
 
@@ -296,9 +308,7 @@ def _build_encode() -> Any:
     b = _bases(torch.device("cpu"), torch.float32)
     got = np.empty((1, NUM_CHANNELS, SIZE, SIZE), np.float32)
     kernel(cpad.numpy(), b["enc_band"].numpy(), b["enc_cols"].numpy(), got)
-    t1 = F.pad(torch.einsum("iut,bcilt->bcuil", b["enc_band"], cpad.unfold(2, 3, 1)), (1, 1))
-    want = sum(t1[:, :, :, None, :, t : t + SIZE] * b["enc_cols"][t][:, None, :] for t in range(3))
-    if not np.allclose(got, want.reshape(got.shape).numpy(), rtol=1e-4, atol=1e-3):
+    if not np.allclose(got, _encode_separable(cpad, b).numpy(), rtol=1e-4, atol=1e-3):
         raise RuntimeError("the compiled encode disagrees with the separable passes")
     return kernel
 

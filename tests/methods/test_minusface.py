@@ -325,3 +325,10 @@ def test_stage_one_adversary_trains_against_the_generator(faces, monkeypatch):
     torch.testing.assert_close(gen, -gen_plain)
     torch.testing.assert_close(adv, adv_plain)
     assert "adversary" not in ppfr.create("minusface", num_classes=4, **TINY_MINUSFACE).train_part
+    # with n stacked shuffles the adversary reads all 3n maps, as the attacker would
+    m = ppfr.create(
+        "minusface", num_classes=4, **TINY_MINUSFACE, shuffles=2, adversary_weight=1.0,
+        adversary_width=4,
+    )  # fmt: skip
+    loss, logs = m.stages()[0].module(faces, torch.arange(len(faces)) % 4)
+    assert torch.isfinite(loss) and "adv" in logs

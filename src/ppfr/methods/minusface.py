@@ -263,10 +263,22 @@ class MinusFaceClient(nn.Module):
         if len(x) > step:  # see _faces_per_pass
             return torch.cat([self.protect(part, generator) for part in x.split(step)])
         if self._composed():
-            views = self._decode_hidden(self.hidden(x), generator)
-        else:
-            r = self.equalised(self.residue(x))
-            views = [freq.decode(shuffle_channels(r, generator)) for _ in range(self.shuffles)]
+            return self.protect_hidden(self.hidden(x), generator)
+        return self.send(self.equalised(self.residue(x)), generator)
+
+    def send(
+        self, r: Tensor, generator: torch.Generator | None = None, *, clamp: bool = True
+    ) -> Tensor:
+        """X_p from a residue ``r`` as protect treats it (already equalised): ``shuffles``
+        views, each shuffled and decoded, their tiles moved, stacked. ``clamp=False`` skips
+        the decode's clamp (stage 1 trains through it).
+
+        Shape:
+            r :math:`(B, 192, 112, 112)` -> :math:`(B, 3n, 112, 112)`
+        """
+        views = [
+            freq.decode(shuffle_channels(r, generator), clamp=clamp) for _ in range(self.shuffles)
+        ]
         return torch.cat([self.remap(v, generator) for v in views], dim=1)
 
     def _faces_per_pass(self) -> int:
@@ -431,7 +443,6 @@ class _Stage1(nn.Module):
         self.scale, self.w_pix, self.w_id = cfg.coef_scale, cfg.pixel_weight, cfg.identity_weight
         self.equalise = cfg.equalise_stage1
         self.clamp = cfg.pixel_clamp
-        self.shuffles = cfg.shuffles
         self.w_adv = cfg.adversary_weight
         self.adversary = model._part("train")["adversary"] if self.w_adv else None
 
@@ -445,9 +456,11 @@ class _Stage1(nn.Module):
         # unordered); with stage1_reads="protected" also shuffled and decoded (unclamped,
         # for the same reason as the pixel loss)
         seen = self.client.equalised(r) if self.equalise else r
+        sent = None  # X_p before the clamp, for f_p and the adversary alike
+        if self.reads_protected or self.adversary is not None:
+            sent = self.client.send(seen, clamp=False)
         if self.reads_protected:
-            views = [freq.decode(shuffle_channels(seen), clamp=False) for _ in range(self.shuffles)]
-            embedding = self.recognizer(torch.cat([self.client.remap(v) for v in views], 1))
+            embedding = self.recognizer(sent)
         else:
             embedding = self.recognizer(self.client.remap(seen) / self.scale)
         identity = self.head(embedding, y)
@@ -457,8 +470,7 @@ class _Stage1(nn.Module):
             # X_p as sent (clamped) in the forward pass, the gradient straight through the
             # clamp, and reversed into the generator: the adversary learns to rebuild the
             # face, the generator to make that hard
-            p = freq.decode(shuffle_channels(seen), clamp=False)
-            p = reverse_gradient(self.client.remap(p + (p.clamp(0.0, 1.0) - p).detach()))
+            p = reverse_gradient(sent + (sent.clamp(0.0, 1.0) - sent).detach())
             # standardised per image, as the recovery attack's inverter standardises its
             # input: shrinking X_p towards a constant must not fool it
             mean, std = p.mean((1, 2, 3), keepdim=True), p.std((1, 2, 3), keepdim=True)
