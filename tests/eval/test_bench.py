@@ -15,6 +15,7 @@ import ppfr.experiments.presets
 from ppfr.cli.bench import bench_app
 from ppfr.data.base import TensorFaces
 from ppfr.data.orl import load_orl, split_identities
+from ppfr.errors import InputError
 from ppfr.experiments.bench import bench_table, mean_std, write_frontier
 from tests.conftest import TINY, TINY_MINUSFACE
 
@@ -131,3 +132,78 @@ def test_frontier_plots_only_what_was_measured(tmp_path):
 def test_mean_std_is_none_aware():
     assert mean_std([0.5, 0.7]) == {"mean": 0.6, "std": pytest.approx(0.1), "values": [0.5, 0.7]}
     assert mean_std([0.5, None])["mean"] is None and mean_std([])["std"] is None
+
+
+def _record(seed, methods, acc=0.9, attack=None, **fig):
+    """A bench.json as run_orl_bench writes it, one split, made-up figures."""
+    from ppfr.experiments.bench import _aggregate
+
+    figs = {
+        m: {"accuracy": acc + i / 100, "auc": 0.95, "train_seconds": 10.0, "protect_ms": 1.0,
+            "embed_ms": 2.0, "tar_at_far": {"0.01": 0.5}, "pairs": 200, "bytes_sent": 4,
+            "linkage_auc": 0.6 + seed / 100, **fig}
+        for i, m in enumerate(methods)
+    }  # fmt: skip
+    return {
+        "benchmark": "orl",
+        "settings": {"epoch_scale": 1.0, "test_identities": 10, "aligned": True, "device": "cpu",
+                     "attack": attack or {"width": 8, "epochs": 10}, "methods": list(methods),
+                     "split_seeds": [seed], "presets": {m: {"model": m} for m in methods}},
+        "splits": [{"seed": seed, "test_identities": [seed], "methods": figs}],
+        "methods": {m: _aggregate([f]) for m, f in figs.items()},
+    }  # fmt: skip
+
+
+def test_merge_averages_splits_from_separate_runs(tmp_path):
+    from ppfr.experiments.bench import merge_results
+
+    runs = [_record(1, ["arcface", "minusface"]), _record(0, ["arcface", "minusface"], acc=0.8)]
+    runs.append(_record(2, ["arcface", "minusface"], acc=0.7, key_placed=1.0))
+    merged = merge_results(runs)
+    assert merged["settings"]["split_seeds"] == [0, 1, 2] and merged["settings"]["splits"] == 3
+    acc = merged["methods"]["minusface"]["accuracy"]
+    assert acc["values"] == pytest.approx([0.81, 0.91, 0.71])
+    assert acc["mean"] == pytest.approx(np.mean([0.81, 0.91, 0.71]))
+    assert acc["std"] == pytest.approx(np.std([0.81, 0.91, 0.71]))
+    assert merged["methods"]["arcface"]["linkage_auc"]["values"] == pytest.approx([0.6, 0.61, 0.62])
+    # a figure only one split has is not averaged as if the others had it
+    assert "key_placed" not in merged["methods"]["minusface"]
+    assert merged["settings"]["merged"]["duplicates"] == []
+
+    # the same seed from two runs: the union of their methods, a repeat reported
+    extra = _record(1, ["arcface", "fracface"], acc=0.5)
+    both = merge_results([runs[0], extra], methods=["arcface", "minusface", "fracface"])
+    assert both["settings"]["split_seeds"] == [1]
+    assert both["methods"]["fracface"]["accuracy"]["values"] == [pytest.approx(0.51)]
+    (dup,) = both["settings"]["merged"]["duplicates"]
+    assert (dup["method"], dup["kept_accuracy"], dup["dropped_accuracy"]) == ("arcface", 0.9, 0.5)
+
+    with pytest.raises(InputError, match="fracface has no figures on split seed"):
+        merge_results([runs[0], runs[1], extra])
+    with pytest.raises(InputError, match="attack="):
+        merge_results([runs[0], _record(0, ["arcface"], attack={"width": 64, "epochs": 20})])
+    with pytest.raises(InputError, match="not an ORL bench"):
+        merge_results([runs[0], {"benchmark": "lfw"}])
+    with pytest.raises(InputError, match="no benchmark records"):
+        merge_results([])
+
+
+def test_bench_merge_command(tmp_path):
+    paths = []
+    for seed, acc in ((0, 0.8), (1, 0.9)):
+        d = tmp_path / f"s{seed}"
+        d.mkdir()
+        (d / "bench.json").write_text(json.dumps(_record(seed, ["arcface"], acc=acc)))
+        paths.append(str(d))
+    out = tmp_path / "merged"
+    res = runner.invoke(app, ["bench", "merge", *paths, "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    merged = json.loads((out / "bench.json").read_text())
+    assert merged["methods"]["arcface"]["accuracy"]["mean"] == pytest.approx(0.85)
+    assert "85.00 ± 5.00" in (out / "bench.md").read_text()
+    assert (out / "frontier.png").is_file()  # linkage AUC is there to plot
+    (tmp_path / "bad.json").write_text("{not json")
+    res = runner.invoke(app, ["bench", "merge", str(tmp_path / "bad.json"), "--out", str(out)])
+    assert res.exit_code != 0 and "not a JSON file" in res.output
+    res = runner.invoke(app, ["bench", "merge", str(tmp_path / "nowhere"), "--out", str(out)])
+    assert res.exit_code != 0 and "no bench.json" in res.output

@@ -49,6 +49,32 @@ def inversion_input(model: Any, p: Tensor) -> Tensor:
     return x.float()
 
 
+class _OwnFaces:
+    """``model`` as the attacker applies it to its own faces: ``protect`` is the model's
+    ``protect_own``; everything else is the model's."""
+
+    def __init__(self, model: Any) -> None:
+        self._model = model
+
+    def protect(self, faces: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        return self._model.protect_own(faces, generator)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
+
+
+def own(model: Any) -> Any:
+    """The model through which the attacker protects its *own* training faces.
+
+    Usually the model itself: the attacker holds the client. A model that defines
+    ``protect_own(faces, generator)`` says otherwise: an attacker who lacks a secret of the
+    deployment (a keyed tile order, :mod:`ppfr.attacks.keys`) protects its faces as it
+    believes the deployment does, while the victims' representations come from the real
+    ``protect``.
+    """
+    return _OwnFaces(model) if callable(getattr(model, "protect_own", None)) else model
+
+
 class Inverter(nn.Module):
     """U-Net from protected maps to a face in [0, 1].
 
@@ -142,8 +168,9 @@ class InversionAttack(ABC):
         self.prepare(model, aux, aux_labels, int(seed))
         g = torch.Generator().manual_seed(int(seed))
         target = (aux.float().cpu() + 1) / 2
+        mine = own(model)  # the attacker's training data: its faces as it protects them
         with eval_mode(model):
-            x = self._features(model, aux, g)
+            x = self._features(mine, aux, g)
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(int(seed))
                 inverter = Inverter(x.shape[1], self.width)
@@ -162,7 +189,7 @@ class InversionAttack(ABC):
             )
             for epoch in bar:
                 if epoch:  # fresh randomness for every pass, as the attacker can draw it
-                    x = self._features(model, aux, g)
+                    x = self._features(mine, aux, g)
                 order = torch.randperm(len(aux), generator=g)
                 inverter.train()
                 total = 0.0

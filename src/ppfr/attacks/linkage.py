@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ppfr.attacks._inversion import inversion_input
+from ppfr.attacks._inversion import inversion_input, own
 from ppfr.attacks._recognizer import (
     DEFAULT_RECOGNIZER_EPOCHS,
     AttackerRecognizer,
@@ -382,13 +382,14 @@ class LinkageAttack:
         recognizer = self._recognizer(aux, aux_labels, seed)
         target = recognizer.embed_flip(aux)  # flip-invariant, so mirrored faces share it
         g = torch.Generator().manual_seed(int(seed))
+        mine = own(model)  # the attacker's training data: its faces as it protects them
         with eval_mode(model):
             # per-channel statistics from one protection of a sample of the faces
             pick = torch.randperm(len(aux), generator=g)[:_STATS_FACES]
             total = total_sq = None
             count = 0
             for i in range(0, len(pick), 32):
-                x = self.features(model, aux[pick[i : i + 32]], g).double()
+                x = self.features(mine, aux[pick[i : i + 32]], g).double()
                 s, s2 = x.sum(dim=(0, 2, 3)), (x * x).sum(dim=(0, 2, 3))
                 total, total_sq = (s, s2) if total is None else (total + s, total_sq + s2)
                 count += x.shape[0] * x.shape[2] * x.shape[3]
@@ -421,7 +422,7 @@ class LinkageAttack:
                     if self.flip:
                         mirror = torch.rand(len(idx), generator=g) < 0.5
                         faces = torch.where(mirror.view(-1, 1, 1, 1), faces.flip(-1), faces)
-                    x = self.features(model, faces, g)  # fresh randomness every step
+                    x = self.features(mine, faces, g)  # fresh randomness every step
                     loss = (1.0 - (student(x) * target[idx]).sum(dim=1)).mean()
                     opt.zero_grad(set_to_none=True)
                     loss.backward()

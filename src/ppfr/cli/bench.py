@@ -1,9 +1,11 @@
 """``ppfr bench orl --methods arcface,minusface [--splits 3] [--epochs 1.0] [--out DIR]``:
 every method trained with its CPU preset over several ORL identity splits
-(:func:`ppfr.experiments.bench.run_orl_bench`)."""
+(:func:`ppfr.experiments.bench.run_orl_bench`); ``ppfr bench merge A B C --out DIR``: runs
+made on other splits averaged into one table (:func:`ppfr.experiments.bench.merge_results`)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -59,7 +61,7 @@ def bench_orl(
     """
     # deferred: the experiments pull in training, evaluation and every attack
     from ppfr.experiments import presets
-    from ppfr.experiments.bench import bench_rows, run_orl_bench
+    from ppfr.experiments.bench import run_orl_bench
 
     names = [m.strip() for m in methods.split(",") if m.strip()]
     # the preset's recovery inverter, with what the options set ({}: no attacks)
@@ -75,6 +77,58 @@ def bench_orl(
         attack=inverter if attacks else {},
         log=lambda line: console.print(escape(line), highlight=False),
     )
+    _show(results)
+    if json_out is not None:
+        write_json(json_out, results)
+        console.print(f"results: {escape(str(json_out))}", highlight=False)
+    if out is not None:
+        console.print(f"written: {out / 'bench.json'}, {out / 'bench.md'}", highlight=False)
+
+
+@bench_app.command("merge")
+@friendly
+def bench_merge(
+    files: Annotated[
+        list[Path], typer.Argument(help="bench.json files (or the --out folders holding them).")
+    ],
+    out: Annotated[Path, typer.Option(help="Write bench.json, bench.md and frontier.png here.")],
+    methods: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated methods to keep (default: all, each on every split)."),
+    ] = None,
+) -> None:
+    """Average runs of `ppfr bench orl` made on other splits (side by side, on other machines)
+    into one table: mean ± std over every split they cover."""
+    from ppfr.errors import InputError
+    from ppfr.experiments.bench import merge_results, write_bench
+
+    records = []
+    for f in files:
+        path = f / "bench.json" if f.is_dir() else f
+        if not path.is_file():
+            raise InputError(f"{f}: no bench.json there")
+        try:
+            records.append(json.loads(path.read_text()))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise InputError(f"{path}: not a JSON file ({e})") from e
+    keep = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
+    results = merge_results(records, keep)
+    _show(results)
+    dups = results["settings"]["merged"]["duplicates"]
+    for d in dups:
+        console.print(
+            f"seed {d['seed']}, {d['method']}: measured twice, kept accuracy "
+            f"{100 * d['kept_accuracy']:.2f} %, dropped {100 * d['dropped_accuracy']:.2f} %",
+            highlight=False,
+        )
+    write_bench(results, out)
+    console.print(f"written: {out / 'bench.json'}, {out / 'bench.md'}", highlight=False)
+
+
+def _show(results: dict) -> None:
+    """The bench's summary table on the console."""
+    from ppfr.experiments.bench import bench_rows
+
     s = results["settings"]
     headers, rows = bench_rows(results)
     table = Table(
@@ -90,13 +144,8 @@ def bench_orl(
         else:  # a narrow terminal wraps "mean ± std" at the space rather than cut it
             table.add_column(h, justify="right", overflow="fold")
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*row[: len(short)])
     print_table(table)
-    if json_out is not None:
-        write_json(json_out, results)
-        console.print(f"results: {escape(str(json_out))}", highlight=False)
-    if out is not None:
-        console.print(f"written: {out / 'bench.json'}, {out / 'bench.md'}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -24,6 +24,7 @@ import torch
 
 from ppfr.attacks import create_attack
 from ppfr.attacks._recognizer import attacker_recognizer
+from ppfr.attacks.keys import KeylessView, recover_order, sent
 from ppfr.attacks.tiles import SolvedTiles, tile_grid, train_tile_solver
 from ppfr.data.base import FaceDataset
 from ppfr.data.orl import load_orl, split_identities
@@ -215,7 +216,10 @@ def attack_model(
     the image rows (originals, views, reconstructions, identity-guided reconstructions) of
     :data:`GRID_PEOPLE` victims, one image per person. A model that shuffles its tiles per
     image is attacked through a trained tile solver (:mod:`ppfr.attacks.tiles`; its share of
-    tiles placed right is ``scores["tiles"]``).
+    tiles placed right is ``scores["tiles"]``). A keyed client (a config with a ``key``) is
+    attacked by an attacker without the key, who first recovers the tile order from the
+    victims' representations (:func:`ppfr.attacks.keys.recover_order`; its share of tiles
+    placed right is ``scores["key"]``).
     """
     victims, labels, aux = victim_set.stack(), np.asarray(victim_set.labels), aux_set.stack()
     aux_labels = np.asarray(aux_set.labels)
@@ -232,6 +236,11 @@ def attack_model(
         solver, placed = train_tile_solver(model, aux, seed=seed, progress=progress)
         scores["tiles"] = {"placed": placed}
         target = SolvedTiles(model, solver)
+    elif getattr(getattr(model, "config", None), "key", None) is not None:
+        # the attacker lacks the key: it recovers the order from what the victims sent
+        order, placed = recover_order(model, aux, sent(model, victims, seed=seed + 1))
+        scores["key"] = {"placed": placed, "exact": placed == 1.0}
+        target = KeylessView(model, order)
     scores["recovery"] = recovery.run(target, victims, labels, aux=aux, seed=seed)
     _, first = np.unique(labels, return_index=True)
     pick = sorted(first.tolist())[:GRID_PEOPLE]
@@ -275,6 +284,8 @@ def attack_summary(scores: dict[str, Any]) -> str:
         f"viewing SSIM {v['ssim']:.3f}, leakage {100 * v['leakage']:.1f} %",
         f"recovery SSIM {rec['ssim']:.3f}, leakage {100 * rec['leakage']:.1f} %",
     ]
+    if "key" in scores:  # a keyed client: how much of the order the attacker recovered first
+        parts.insert(0, f"key recovered {100 * scores['key']['placed']:.1f} % of tiles")
     if "linkage" in scores:
         lk, ig = scores["linkage"], scores["identity-recovery"]
         parts.append(f"linkage AUC {lk['auc']:.3f}, rank-1 {100 * lk['rank1']:.1f} %")

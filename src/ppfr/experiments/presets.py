@@ -56,11 +56,16 @@ DEMO_MODELS["minusface-equalised-post"] = {
     "equalise_stage1": False,
 }
 DEMO_MODELS["minusface-tiles"] = {**DEMO_MODELS["minusface"], "tile_grid": 2}
+#: FracFace with a secret tile order in place of the public fractal one (docs/privacy.md,
+#: "A keyed client"). The key here is public, for measurement: a deployment draws its own
+#: (``secrets.randbits(63)``) and keeps it out of the published client
+DEMO_MODELS["fracface-keyed"] = {**DEMO_MODELS["fracface"], "key": 20261201}
 #: the registered method behind a preset whose name is not a method's
 PRESET_METHODS: dict[str, str] = {
     "minusface-equalised": "minusface",
     "minusface-equalised-post": "minusface",
     "minusface-tiles": "minusface",
+    "fracface-keyed": "fracface",
 }
 DEMO_EPOCHS: dict[str, dict[str, int]] = {
     "arcface": {"recognizer": 16},
@@ -72,6 +77,7 @@ DEMO_EPOCHS: dict[str, dict[str, int]] = {
     "minusface-equalised": {"residue": 6, "protected": 14},
     "minusface-equalised-post": {"residue": 6, "protected": 14},
     "minusface-tiles": {"residue": 6, "protected": 14},
+    "fracface-keyed": {"joint": 16},
 }
 #: the recovery attack's inverter in the demo (the published attack uses width 64)
 DEMO_ATTACK: dict[str, int] = {"width": 8, "epochs": 10}

@@ -25,6 +25,14 @@ layer is (we use a 1x1 convolution with batch norm) and the exact fractal (we us
 quadrant remap above) are our reading, not the authors' code. The fractal order is fixed and
 public, so an attacker holding the client undoes it exactly; ``inversion_input`` does so
 for the attacks (the strongest honest reading of the threat model).
+
+**Keyed client (ours, not the paper's).** With ``key`` set, the tiles go in the order
+:func:`ppfr.remap.keyed_order` draws from that secret integer instead of the public fractal
+order; the recognizer trains for that order, so each key needs its own server. A key is a
+secret of the deployment: it sits in the model's config, so a client published without it
+(and any attack on "the public client") lacks it. ``inversion_input`` still undoes the true
+order, the case of a leaked key; :mod:`ppfr.attacks.keys` measures an attacker without it,
+and how much of the key the protected faces themselves give away (docs/privacy.md).
 """
 
 from __future__ import annotations
@@ -58,6 +66,9 @@ class FracFaceConfig(RecognizerConfig):
     depth: int = 2
     #: the refining layer sees the coefficients divided by this (they reach several hundred)
     coef_scale: float = 128.0
+    #: None: the public fractal order (the paper); an integer: a secret keyed tile order
+    #: (:func:`ppfr.remap.keyed_order`; draw one with ``secrets.randbits(63)``)
+    key: int | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.depth <= 4:
@@ -66,6 +77,24 @@ class FracFaceConfig(RecognizerConfig):
             raise InputError("FracFace refined_channels must be at least 1")
         if not 0 <= self.dropped_uv_sum < 14:
             raise InputError(f"FracFace dropped_uv_sum must be 0..13, got {self.dropped_uv_sum}")
+        if self.key is not None:
+            if isinstance(self.key, bool) or not isinstance(self.key, int):
+                raise InputError(f"FracFace key must be an integer or None, got {self.key!r}")
+            if not 0 <= self.key < 2**63:
+                raise InputError(f"FracFace key must be in [0, 2**63), got {self.key}")
+            if self.depth < 1:
+                raise InputError("FracFace key needs depth >= 1 (a 1x1 grid has one order)")
+
+    @property
+    def grid(self) -> int:
+        """Tiles per side of the remap (``2^depth``)."""
+        return 1 << self.depth
+
+    def tile_order(self) -> Tensor:
+        """The client's tile order: keyed when ``key`` is set, else the fractal one."""
+        if self.key is not None:
+            return remap.keyed_order(self.grid, self.key)
+        return remap.fractal_order(self.depth)
 
 
 class FracFaceClient(nn.Module):
@@ -81,8 +110,8 @@ class FracFaceClient(nn.Module):
             nn.Conv2d(len(kept), cfg.refined_channels, 1, bias=False),
             nn.BatchNorm2d(cfg.refined_channels),
         )
-        self.grid = 1 << cfg.depth
-        self.register_buffer("order", remap.fractal_order(cfg.depth))
+        self.grid = cfg.grid
+        self.register_buffer("order", cfg.tile_order())
 
     def refined(self, x: Tensor) -> Tensor:
         """(B, refined_channels, 112, 112): the refined channels, positions as in the face."""
@@ -90,7 +119,7 @@ class FracFaceClient(nn.Module):
         return self.refine(f / self.coef_scale)
 
     def protect(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """(B, refined_channels, 112, 112), tiles in the fractal order (no randomness)."""
+        """(B, refined_channels, 112, 112), tiles in the client's order (no randomness)."""
         return remap.remap_tiles(self.refined(x), self.order, self.grid)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -128,10 +157,11 @@ class FracFace(Method):
         return (energy / top).expand(-1, 3, -1, -1)
 
     def inversion_input(self, p: Tensor) -> Tensor:
-        """What the attacks read: the tiles put back (the attacker holds the public order)."""
+        """What the attacks read: the tiles put back (the attacker holds the public order,
+        or a keyed client's leaked key)."""
         # from the config, so a server-only model reads it too
-        order = remap.inverse_order(remap.fractal_order(self.config.depth))
-        return remap.remap_tiles(p, order, 1 << self.config.depth)
+        order = remap.inverse_order(self.config.tile_order())
+        return remap.remap_tiles(p, order, self.config.grid)
 
     def stages(self) -> list[Stage]:
         client = self._part("client")

@@ -303,7 +303,7 @@ class MinusFaceClient(nn.Module):
         )
 
     def hidden(self, x: Tensor) -> Tensor:
-        """The U-Net's last features h for faces ``x``, its stem applied to the image through
+        r"""The U-Net's last features h for faces ``x``, its stem applied to the image through
         ``freq.encode_conv`` (the transform and the stem as one map). With the skip the
         residue is linear in them, :math:`r = -s\,(W h + b)` (s: ``input_scale``), so X_p
         follows from h alone (:meth:`protect_hidden`). Needs :meth:`_composed`.
