@@ -70,6 +70,7 @@ def main() -> None:
     ap.add_argument("--preset", default="fracface-keyed")
     ap.add_argument("--trials", type=int, default=20, help="subsets drawn per count")
     ap.add_argument("--no-attacks", action="store_true", help="only the key-recovery curves")
+    ap.add_argument("--no-curves", action="store_true", help="only the attacks of a wrong guess")
     ap.add_argument("--minusface", type=Path, default=None, help="a MinusFace model folder")
     ap.add_argument("--json", type=Path, default=None, help="write the figures here")
     args = ap.parse_args()
@@ -82,7 +83,7 @@ def main() -> None:
     aux, victims = load_orl(train_ids, aligned=True), load_orl(test_ids, aligned=True)
     out: dict = {"run": str(args.run), "seed": args.seed, "preset": args.preset, "curves": {}}
 
-    for depth in (model.config.depth, 3, 4):
+    for depth in () if args.no_curves else (model.config.depth, 3, 4):
         target = model if depth == model.config.depth else finer(model, depth)
         t = time.perf_counter()
         curve = key_recovery_curve(
@@ -96,7 +97,7 @@ def main() -> None:
         )
         print(f"depth {depth} ({(1 << depth) ** 2} tiles), faces seen -> tiles placed: {cells}")
 
-    if args.minusface is not None:
+    if args.minusface is not None and not args.no_curves:
         minus = ppfr.load(args.minusface)
         for depth in (2, 3):
             keyed = KeyedTiles(minus, depth, int(model.config.key))

@@ -131,3 +131,16 @@ def test_demo_attacks_recover_the_key_first(orl4):
     assert scores["key"]["placed"] >= 0.75 and len(rows) == 3
     assert "key recovered" in attack_summary(scores)
     assert attack_figures(scores)["key_placed"] == scores["key"]["placed"]
+
+
+def test_demo_attacks_keep_the_attackers_own_guess(orl4):
+    # an attacker already holding a (wrong) guess is attacked as it is, not re-keyed
+    from ppfr.data.base import TensorFaces
+    from ppfr.experiments.demo import attack_model
+
+    m = _keyed()
+    aux = TensorFaces(orl4.faces[:20], orl4.labels[:20], orl4.classes)
+    victims = TensorFaces(orl4.faces[20:], orl4.labels[20:], orl4.classes)
+    view = KeylessView(m, remap.fractal_order(2))
+    scores, _ = attack_model(view, aux, victims, width=2, epochs=1, identity=False, progress=False)
+    assert "key" not in scores and set(scores) == {"viewing", "recovery"}

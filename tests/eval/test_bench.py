@@ -104,6 +104,7 @@ def test_bench_over_two_splits(tiny_bench, tmp_path):
     assert all(c[-4] != "n/a" and c[-1] != "n/a" for c in cells[1:])
     assert "minusface" in res.output and "bench.md" in res.output
     assert (out / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (out / "bench.partial.json").exists()  # only a run that did not finish keeps it
 
 
 def test_bench_refuses_bad_arguments(tiny_bench):
@@ -207,3 +208,25 @@ def test_bench_merge_command(tmp_path):
     assert res.exit_code != 0 and "not a JSON file" in res.output
     res = runner.invoke(app, ["bench", "merge", str(tmp_path / "nowhere"), "--out", str(out)])
     assert res.exit_code != 0 and "no bench.json" in res.output
+
+
+def test_a_run_killed_half_way_keeps_what_it_measured(tiny_bench, tmp_path, monkeypatch):
+    real = ppfr.experiments.bench._train_and_score
+
+    def dies_on_minusface(method, *args, **kwargs):
+        if method == "minusface":
+            raise MemoryError("killed")
+        return real(method, *args, **kwargs)
+
+    monkeypatch.setattr(ppfr.experiments.bench, "_train_and_score", dies_on_minusface)
+    out = tmp_path / "bench"
+    with pytest.raises(MemoryError):
+        ppfr.experiments.bench.run_orl_bench(
+            ["arcface", "minusface"], splits=1, seed=4, out=out, progress=False, log=lambda _: None
+        )
+    partial = json.loads((out / "bench.partial.json").read_text())
+    assert partial["partial"] is True and not (out / "bench.json").exists()
+    (split,) = partial["splits"]
+    assert split["seed"] == 4 and list(split["methods"]) == ["arcface"]
+    assert 0 <= split["methods"]["arcface"]["accuracy"] <= 1
+    assert "recovery_leakage" in split["methods"]["arcface"]

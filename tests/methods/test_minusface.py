@@ -311,7 +311,7 @@ def test_stage_one_adversary_trains_against_the_generator(faces, monkeypatch):
         assert step.adversary is m.train_part["adversary"]
         torch.manual_seed(1)  # the same shuffle both times
         loss, logs = step(faces, torch.arange(len(faces)) % 4)
-        assert logs["adv"] == pytest.approx(float(loss))
+        assert logs["adv"] == pytest.approx(float(loss.detach()))
         loss.backward()
         monkeypatch.undo()
         return m.client.generator.out.weight.grad.clone(), m.train_part[

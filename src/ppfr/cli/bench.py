@@ -14,6 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ppfr.cli._common import console, friendly, print_table, write_json
+from ppfr.errors import InputError
 
 bench_app = typer.Typer(
     help="Benchmarks: train methods with the same budget and compare them.",
@@ -99,7 +100,7 @@ def bench_merge(
 ) -> None:
     """Average runs of `ppfr bench orl` made on other splits (side by side, on other machines)
     into one table: mean ± std over every split they cover."""
-    from ppfr.errors import InputError
+    # deferred: the experiments pull in training, evaluation and every attack
     from ppfr.experiments.bench import merge_results, write_bench
 
     records = []
@@ -127,6 +128,7 @@ def bench_merge(
 
 def _show(results: dict) -> None:
     """The bench's summary table on the console."""
+    # deferred: as above, the experiments are heavy for `ppfr --help`
     from ppfr.experiments.bench import bench_rows
 
     s = results["settings"]

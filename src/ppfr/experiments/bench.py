@@ -146,10 +146,13 @@ def run_orl_bench(
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
+        partial = out / "bench.partial.json"
         results = _run(
-            methods, splits, epoch_scale, out / "runs", seed, progress, attack, log, keep=True
-        )
+            methods, splits, epoch_scale, out / "runs", seed, progress, attack, log, keep=True,
+            save=lambda done: partial.write_text(json.dumps(done, indent=2) + "\n"),
+        )  # fmt: skip
         write_bench(results, out)
+        partial.unlink(missing_ok=True)
         return results
     with tempfile.TemporaryDirectory(prefix="ppfr-bench-") as tmp:
         return _run(
@@ -167,13 +170,25 @@ def _run(
     attack: dict[str, int] | None,
     log: Callable[[str], Any],
     keep: bool,
+    save: Callable[[dict[str, Any]], Any] | None = None,
 ) -> dict[str, Any]:
-    """Every split in turn (:func:`_run_split`), then the summary (:func:`_summarise`)."""
+    """Every split in turn (:func:`_run_split`), then the summary (:func:`_summarise`).
+
+    ``save`` receives, after every trained and attacked method, the figures measured so
+    far (``{"benchmark", "partial": True, "splits"}``), so a run killed half-way (out of
+    memory, out of time) keeps what it measured.
+    """
     attack = dict(presets.DEMO_ATTACK) if attack is None else dict(attack)
     split_seeds = [seed + k for k in range(int(splits))]
     per_split: list[dict[str, Any]] = []
     configs: dict[str, TrainConfig] = {}
     for k, s in enumerate(split_seeds):
+
+        def progress_of(current: dict[str, Any]) -> None:
+            if save is not None:
+                done = {"benchmark": "orl", "partial": True, "splits": [*per_split, current]}
+                save(done)
+
         split, split_configs = _run_split(
             methods,
             s,
@@ -184,6 +199,7 @@ def _run(
             attack=attack,
             log=log,
             keep=keep,
+            on_method=progress_of,
         )
         per_split.append(split)
         # the preset settings are the same for every split; seed and folder are not
@@ -203,6 +219,7 @@ def _run_split(
     attack: dict[str, int],
     log: Callable[[str], Any],
     keep: bool,
+    on_method: Callable[[dict[str, Any]], Any] | None = None,
 ) -> tuple[dict[str, Any], dict[str, TrainConfig]]:
     """One identity split with seed ``s``: every method trained, scored and attacked.
 
@@ -236,6 +253,9 @@ def _run_split(
         figures[method] = r
         configs[method] = cfg
         log(_method_line(method, r, scores))
+        if on_method is not None:  # what this split has measured so far
+            on_method({"seed": s, "train_identities": train_ids, "test_identities": test_ids,
+                       "methods": dict(figures)})  # fmt: skip
     split = {
         "seed": s,
         "train_identities": train_ids,

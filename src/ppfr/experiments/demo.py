@@ -236,7 +236,7 @@ def attack_model(
         solver, placed = train_tile_solver(model, aux, seed=seed, progress=progress)
         scores["tiles"] = {"placed": placed}
         target = SolvedTiles(model, solver)
-    elif getattr(getattr(model, "config", None), "key", None) is not None:
+    elif not isinstance(model, KeylessView) and _keyed(model):
         # the attacker lacks the key: it recovers the order from what the victims sent
         order, placed = recover_order(model, aux, sent(model, victims, seed=seed + 1))
         scores["key"] = {"placed": placed, "exact": placed == 1.0}
@@ -269,6 +269,11 @@ def attack_model(
         scores["identity-recovery"] = guided.run(target, victims, labels, aux=aux, seed=seed)
         rows.append(attack_images(guided, target, victims[pick], seed=seed))
     return scores, rows
+
+
+def _keyed(model: Any) -> bool:
+    """Whether ``model``'s client puts its representation in a secret keyed order."""
+    return getattr(getattr(model, "config", None), "key", None) is not None
 
 
 def attacker_first(methods: tuple[str, ...] | list[str]) -> list[str]:
