@@ -107,8 +107,7 @@ def attack_cmd(
     AUC, verification accuracy, TAR, rank-1 against photos)."""
     # deferred: the attacks (and their networks) are not loaded for `ppfr --help`
     from ppfr.attacks import create_attack, list_attacks
-    from ppfr.attacks.keys import KeylessView, recover_order, sent
-    from ppfr.attacks.tiles import SolvedTiles, tile_grid, train_tile_solver
+    from ppfr.experiments.demo import attacker_view
 
     name = attack.strip().lower()
     if name not in list_attacks():
@@ -139,25 +138,23 @@ def attack_cmd(
         f"({len(np.unique(labels))} people), attacker's faces: {len(aux)}"
     )
     runner = create_attack(name, **config)
-    placed = key_placed = None
-    if name != "viewing" and tile_grid(method) >= 2:  # reassemble shuffled tiles first
-        solver, placed = train_tile_solver(method, aux, seed=seed)
+    first: dict = {}
+    if name != "viewing":  # shuffled tiles or a keyed order: the attacker's first step
+        method, first = attacker_view(method, aux, victims, seed=seed)
+    if "tiles" in first:
+        placed = first["tiles"]["placed"]
         console.print(f"tile solver: {100 * placed:.1f} % of the attacker's tiles placed right")
-        method = SolvedTiles(method, solver)
-    elif name != "viewing" and getattr(method.config, "key", None) is not None:
-        # a keyed client: the attacker lacks the key and recovers the order first
-        order, key_placed = recover_order(method, aux, sent(method, victims, seed=seed + 1))
+    if "key" in first:
         console.print(
-            f"key recovery: {100 * key_placed:.1f} % of the tiles placed right from the "
-            f"{len(victims)} victims' representations"
+            f"key recovery: {100 * first['key']['placed']:.1f} % of the tiles placed right "
+            f"from the {len(victims)} victims' representations"
         )
-        method = KeylessView(method, order)
     report = runner.run(method, victims, labels, aux=aux, aux_labels=aux_labels, seed=seed)
     report["model"] = str(model)
-    if placed is not None:
-        report["tiles_placed"] = placed
-    if key_placed is not None:
-        report["key_placed"] = key_placed
+    if "tiles" in first:
+        report["tiles_placed"] = first["tiles"]["placed"]
+    if "key" in first:
+        report["key_placed"] = first["key"]["placed"]
     if name == "linkage":
         tars = "  ".join(
             f"TAR@FAR={far} " + ("n/a" if t is None else f"{100 * t:.1f} %")

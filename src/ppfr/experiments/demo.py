@@ -231,16 +231,8 @@ def attack_model(
         progress=progress,
     )
     scores = {"viewing": viewing.run(model, victims, labels, seed=seed)}
-    target = model
-    if tile_grid(model) >= 2:  # the attacker reassembles shuffled tiles first (attacks.tiles)
-        solver, placed = train_tile_solver(model, aux, seed=seed, progress=progress)
-        scores["tiles"] = {"placed": placed}
-        target = SolvedTiles(model, solver)
-    elif not isinstance(model, KeylessView) and _keyed(model):
-        # the attacker lacks the key: it recovers the order from what the victims sent
-        order, placed = recover_order(model, aux, sent(model, victims, seed=seed + 1))
-        scores["key"] = {"placed": placed, "exact": placed == 1.0}
-        target = KeylessView(model, order)
+    target, first = attacker_view(model, aux, victims, seed=seed, progress=progress)
+    scores.update(first)
     scores["recovery"] = recovery.run(target, victims, labels, aux=aux, seed=seed)
     _, first = np.unique(labels, return_index=True)
     pick = sorted(first.tolist())[:GRID_PEOPLE]
@@ -269,6 +261,27 @@ def attack_model(
         scores["identity-recovery"] = guided.run(target, victims, labels, aux=aux, seed=seed)
         rows.append(attack_images(guided, target, victims[pick], seed=seed))
     return scores, rows
+
+
+def attacker_view(
+    model: Any, aux: torch.Tensor, victims: torch.Tensor, *, seed: int = 0, progress: bool = True
+) -> tuple[Any, dict[str, dict[str, Any]]]:
+    """``model`` as the image and identity attacks should read it, after the step an attacker
+    takes first where positions are hidden, and that step's scores.
+
+    A per-image tile shuffle is reassembled by a trained tile solver (``{"tiles":
+    {"placed"}}``); a keyed client's order, which the attacker lacks, is recovered from the
+    victims' representations (``{"key": {"placed", "exact"}}``). Any other model, or an
+    attacker's own key guess (:class:`~ppfr.attacks.keys.KeylessView`), is read as it is.
+    """
+    if tile_grid(model) >= 2:  # the attacker reassembles shuffled tiles first (attacks.tiles)
+        solver, placed = train_tile_solver(model, aux, seed=seed, progress=progress)
+        return SolvedTiles(model, solver), {"tiles": {"placed": placed}}
+    if not isinstance(model, KeylessView) and _keyed(model):
+        # the attacker lacks the key: it recovers the order from what the victims sent
+        order, placed = recover_order(model, aux, sent(model, victims, seed=seed + 1))
+        return KeylessView(model, order), {"key": {"placed": placed, "exact": placed == 1.0}}
+    return model, {}
 
 
 def _keyed(model: Any) -> bool:
