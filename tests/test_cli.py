@@ -92,6 +92,12 @@ def test_train_from_a_config_file(tmp_path):
     assert (tmp_path / "run" / "model" / "ppfr.toml").is_file()
     res = runner.invoke(app, ["train", str(tmp_path / "missing.toml")])
     assert res.exit_code == 2 and "no such config" in res.output
+    # a kept client needs the stage to start at, and a stage that exists
+    bundle = str(tmp_path / "run" / "model")
+    res = runner.invoke(app, ["train", str(cfg), "--client", bundle])
+    assert res.exit_code == 2 and "needs from_stage" in res.output
+    res = runner.invoke(app, ["train", str(cfg), "--client", bundle, "--from-stage", "protected"])
+    assert res.exit_code == 2 and "has stages ['recognizer']" in res.output
 
 
 def test_demo_end_to_end(tmp_path, monkeypatch):

@@ -100,6 +100,25 @@ def test_training_reduces_the_loss_and_is_deterministic(people):
     assert torch.equal(ra, rb)
 
 
+def test_features_fill_one_buffer_in_batches(people):
+    """The inverter's input is built in place, batch by batch, and refilled across epochs."""
+    victims, _, _ = people
+    torch.manual_seed(0)
+    model = ppfr.create("minusface", **TINY, generator_width=4).eval()
+    attack = RecoveryAttack(**FAST)
+    faces = victims[:40]  # two batches of 32 and 8
+    x = attack._features(model, faces, torch.Generator().manual_seed(3))
+    assert x.shape == (40, 3, 112, 112) and x.dtype == torch.float32
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(3)
+        batches = [attack.features(model, faces[i : i + 32], g) for i in (0, 32)]
+    assert torch.equal(x, torch.cat(batches))
+    again = attack._features(model, faces, torch.Generator().manual_seed(4), out=x)
+    assert again.data_ptr() == x.data_ptr() and not torch.equal(again, torch.cat(batches))
+    with pytest.raises(InputError, match="no faces"):
+        attack._features(model, faces[:0], torch.Generator())
+
+
 def test_recovery_runs_on_minusface(people, judge):
     victims, labels, aux = people
     torch.manual_seed(0)

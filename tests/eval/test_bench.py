@@ -16,7 +16,7 @@ from ppfr.cli.bench import bench_app
 from ppfr.data.base import TensorFaces
 from ppfr.data.orl import load_orl, split_identities
 from ppfr.errors import InputError
-from ppfr.experiments.bench import bench_table, mean_std, write_frontier
+from ppfr.experiments.bench import _label_groups, bench_table, mean_std, write_frontier
 from tests.conftest import TINY, TINY_MINUSFACE
 
 runner = CliRunner()
@@ -128,6 +128,13 @@ def test_frontier_plots_only_what_was_measured(tmp_path):
     assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
     bare = {"settings": {"test_identities": 10}, "methods": {"a": {"accuracy": stat(0.9)}}}
     assert write_frontier(bare, tmp_path / "g.png") is None and not (tmp_path / "g.png").exists()
+
+
+def test_frontier_labels_coinciding_points_together():
+    # three methods at 100 % rank-1 near 91 % accuracy, two far from them and each other
+    points = [(91.6, 100.0), (90.5, 99.8), (91.2, 100.0), (48.7, 26.7), (88.2, 92.2)]
+    assert _label_groups(points) == [[0, 1, 2], [3], [4]]
+    assert _label_groups([(1.0, 1.0), (1.0, 1.0)]) == [[0, 1]] and _label_groups([]) == []
 
 
 def test_mean_std_is_none_aware():

@@ -95,6 +95,35 @@ def test_resume_reaches_the_same_weights(tmp_path, small):
         assert torch.equal(a[k], b[k]), k
 
 
+def test_from_stage_retrains_the_server_of_a_trained_client(tmp_path, small):
+    """Stage 2 alone, on a full run's client, ends with that run's server weights; a
+    client is refused from another method's bundle or for a stage that trains it."""
+    full = Trainer(_cfg(tmp_path / "a"), dataset=small, progress=False)
+    full.fit()
+    again = Trainer(_cfg(tmp_path / "b"), dataset=small, progress=False)
+    again.fit(from_stage="protected", client=tmp_path / "a" / "minusface" / "model")
+    assert not (tmp_path / "b" / "minusface" / "metrics.csv").read_text().count("residue")
+    a, b = _weights(tmp_path / "a" / "minusface"), _weights(tmp_path / "b" / "minusface")
+    stage1_only = ("train.recognizer.", "train.head.")  # never trained in b
+    compared = [k for k in a if not k.startswith(stage1_only)]
+    assert any(k.startswith("train.protected_head.") for k in compared)
+    for k in compared:
+        assert torch.equal(a[k], b[k]), k
+    fresh = Trainer(_cfg(tmp_path / "c"), dataset=small, progress=False)
+    with pytest.raises(InputError, match="has stages"):
+        fresh.fit(from_stage="server")
+    with pytest.raises(InputError, match="resume"):
+        fresh.fit(resume=True, from_stage="protected")
+    with pytest.raises(InputError, match="needs from_stage"):
+        fresh.fit(client=tmp_path / "a" / "minusface" / "model")
+    with pytest.raises(InputError, match="trains the client"):  # stage 1 trains it
+        fresh.fit(from_stage="residue", client=tmp_path / "a" / "minusface" / "model")
+    arcface = Trainer(_cfg(tmp_path / "d", method="arcface"), dataset=small, progress=False)
+    arcface.fit()
+    with pytest.raises(InputError, match="holds a 'arcface' model"):
+        fresh.fit(from_stage="protected", client=tmp_path / "d" / "arcface" / "model")
+
+
 def test_resume_after_a_real_interruption(tmp_path, small):
     """Kill a run after its first epoch (simulated by an exception) and resume it."""
     cfg = _cfg(tmp_path / "x", method="arcface", epochs=3)

@@ -139,13 +139,25 @@ class InversionAttack(ABC):
         """Faces -> what the inverter reads, (N, C, 112, 112); randomness from ``generator``."""
 
     @torch.no_grad()
-    def _features(self, model: Any, faces: Tensor, generator: torch.Generator) -> Tensor:
+    def _features(
+        self, model: Any, faces: Tensor, generator: torch.Generator, out: Tensor | None = None
+    ) -> Tensor:
+        """:meth:`features` of ``faces`` in batches of 32, written into ``out`` when given.
+
+        One buffer, filled in place and reused across epochs: the features of a wide
+        representation are large (DCTDP sends 9.5 MB a face), and a list of chunks
+        joined by ``cat``, built while the previous epoch's features were still alive, held
+        three copies of them at once.
+        """
         device = getattr(model, "device", torch.device("cpu"))
-        chunks = [
-            self.features(model, faces[i : i + 32].to(device), generator).float().cpu()
-            for i in range(0, len(faces), 32)
-        ]
-        return torch.cat(chunks)
+        for i in range(0, len(faces), 32):
+            f = self.features(model, faces[i : i + 32].to(device), generator)
+            if out is None:
+                out = torch.empty((len(faces), *f.shape[1:]), dtype=torch.float32)
+            out[i : i + len(f)] = f
+        if out is None:
+            raise InputError(f"{self.name} attack: no faces to protect")
+        return out
 
     # ---- the training loss (subclasses may add terms)
     def prepare(self, model: Any, aux: Tensor, aux_labels: Any, seed: int) -> None:  # noqa: B027
@@ -189,7 +201,7 @@ class InversionAttack(ABC):
             )
             for epoch in bar:
                 if epoch:  # fresh randomness for every pass, as the attacker can draw it
-                    x = self._features(mine, aux, g)
+                    x = self._features(mine, aux, g, out=x)
                 order = torch.randperm(len(aux), generator=g)
                 inverter.train()
                 total = 0.0

@@ -1,6 +1,7 @@
-"""``ppfr train CONFIG.toml [--resume] [--out DIR]``: train a method from a config file
-(``configs/`` holds the paper recipes and the ORL presets); under ``torchrun`` it runs
-distributed."""
+"""``ppfr train CONFIG.toml [--resume] [--out DIR] [--client BUNDLE --from-stage NAME]``:
+train a method from a config file (``configs/`` holds the paper recipes and the ORL
+presets); under ``torchrun`` it runs distributed. ``--client`` keeps a trained client and
+trains only the stages from ``--from-stage`` on: a new server for a published client."""
 
 from __future__ import annotations
 
@@ -17,8 +18,23 @@ def train_cmd(
     config: Annotated[Path, typer.Argument(help="TOML training config (see configs/).")],
     resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint.")] = False,
     out: Annotated[str | None, typer.Option(help="Override the config's output folder.")] = None,
+    client: Annotated[
+        Path | None,
+        typer.Option(
+            help="Keep this bundle's trained client (same method) and train only the "
+            "stages from --from-stage on, which must leave the client frozen.",
+        ),
+    ] = None,
+    from_stage: Annotated[
+        str | None,
+        typer.Option(help="Start at this stage (MinusFace: 'protected', the server's)."),
+    ] = None,
 ) -> None:
-    """Train a method. Under `torchrun --nproc_per_node N` it runs distributed."""
+    """Train a method. Under `torchrun --nproc_per_node N` it runs distributed.
+
+    Example, a new server for a MinusFace client already published:
+    `ppfr train configs/minusface-orl.toml --client runs/old/model --from-stage protected`
+    """
     # deferred: the training engine (data loaders, DDP) is not loaded for `ppfr --help`
     from ppfr.train import TrainConfig, Trainer, shutdown_distributed
 
@@ -26,7 +42,7 @@ def train_cmd(
     if out:
         cfg.out = out
     trainer = Trainer(cfg)
-    model = trainer.fit(resume=resume)
+    model = trainer.fit(resume=resume, from_stage=from_stage, client=client)
     shutdown_distributed()
     if trainer.dist.main:
         console.print(

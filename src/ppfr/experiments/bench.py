@@ -621,18 +621,26 @@ def write_frontier(results: dict[str, Any], path: str | Path) -> Path | None:
     chance_rank1 = 100.0 / results["settings"]["test_identities"]
     for ax, (key, label, chance) in zip(axes[0], panels, strict=True):
         scale = 100.0 if key.endswith("rank1") else 1.0
-        for name, r in methods.items():
-            stat = r.get(key)
-            if not stat or stat["mean"] is None:
-                continue
-            acc = r["accuracy"]
+        shown = [
+            (name, r["accuracy"], r[key])
+            for name, r in methods.items()
+            if r.get(key) and r[key]["mean"] is not None
+        ]
+        points = [(100 * acc["mean"], scale * stat["mean"]) for _, acc, stat in shown]
+        for (_, acc, stat), xy in zip(shown, points, strict=True):
             ax.errorbar(
-                100 * acc["mean"], scale * stat["mean"],
-                xerr=100 * (acc["std"] or 0.0), yerr=scale * (stat["std"] or 0.0),
+                *xy, xerr=100 * (acc["std"] or 0.0), yerr=scale * (stat["std"] or 0.0),
                 fmt="o", capsize=3,
             )  # fmt: skip
-            ax.annotate(name, (100 * acc["mean"], scale * stat["mean"]),
-                        textcoords="offset points", xytext=(5, 4), fontsize=8)  # fmt: skip
+        for group in _label_groups(points):
+            if len(group) == 1:
+                ax.annotate(shown[group[0]][0], points[group[0]], textcoords="offset points",
+                            xytext=(5, 4), fontsize=8)  # fmt: skip
+            else:  # one label, left of the cluster, for points that coincide
+                x = min(points[i][0] - 100 * (shown[i][1]["std"] or 0.0) for i in group)
+                ax.annotate(", ".join(shown[i][0] for i in group), (x, points[group[0]][1]),
+                            textcoords="offset points", xytext=(-6, 0), ha="right",
+                            va="center", fontsize=8)  # fmt: skip
         level = chance if chance is not None else chance_rank1
         ax.axhline(level, color="grey", lw=0.8, ls="--")
         ax.set_xlabel("verification accuracy % (held-out ORL)")
@@ -643,6 +651,28 @@ def write_frontier(results: dict[str, Any], path: str | Path) -> Path | None:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _label_groups(points: list[tuple[float, float]]) -> list[list[int]]:
+    """Indices of ``points`` grouped under one label: each point joins the first earlier
+    point within 3 % of the panel's span on both axes, so the names of methods that
+    coincide on the plot (several at 100 % rank-1) are listed together instead of printed
+    over each other."""
+    if not points:
+        return []
+    xs, ys = zip(*points, strict=True)
+    near_x = 0.03 * max(max(xs) - min(xs), 1e-9)
+    near_y = 0.03 * max(max(ys) - min(ys), 1e-9)
+    groups: list[list[int]] = []
+    for i, (x, y) in enumerate(points):
+        for g in groups:
+            x0, y0 = points[g[0]]
+            if abs(x0 - x) <= near_x and abs(y0 - y) <= near_y:
+                g.append(i)
+                break
+        else:
+            groups.append([i])
+    return groups
 
 
 def bench_table(results: dict[str, Any]) -> str:

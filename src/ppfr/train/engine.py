@@ -44,7 +44,7 @@ from ppfr.data.base import FaceDataset
 from ppfr.data.open import open_source
 from ppfr.errors import CheckpointError, InputError
 from ppfr.methods import create
-from ppfr.methods.base import PARTS, Method, Stage
+from ppfr.methods.base import PARTS, Method, Stage, read_manifest
 from ppfr.runtime import tune_allocator
 from ppfr.train.config import TrainConfig
 
@@ -248,8 +248,34 @@ class Trainer:
             return torch.autocast("cuda", dtype=torch.bfloat16), None
         return torch.autocast("cuda", dtype=torch.float16), torch.amp.GradScaler("cuda")
 
-    def fit(self, resume: bool = False) -> Method:
+    def fit(
+        self,
+        resume: bool = False,
+        from_stage: str | None = None,
+        client: str | os.PathLike | None = None,
+    ) -> Method:
+        """Train every stage (or continue a checkpointed run) and save the model bundle.
+
+        ``from_stage`` skips the stages before the named one and starts it on the weights
+        the model holds. With ``client`` (a bundle of the same method) those weights are
+        that bundle's trained client, which every remaining stage must keep frozen: this
+        trains a new server for a client already published (MinusFace:
+        ``from_stage="protected"``). Data order and per-epoch seeds are those of a full run,
+        so with the run's own client and seed the server comes out as the full run's.
+        """
         cfg = self.cfg
+        stages = self.model.stages()
+        names = [s.name for s in stages]
+        if from_stage is not None and (resume or from_stage not in names):
+            raise InputError(
+                "from_stage cannot be combined with resume"
+                if resume
+                else f"from_stage {from_stage!r}: {self.model.name} has stages {names}"
+            )
+        if client is not None:
+            if from_stage is None:
+                raise InputError("a trained client needs from_stage: the stage to start at")
+            self._load_client(client, stages[names.index(from_stage) :])
         self.out.mkdir(parents=True, exist_ok=True)
         if self.dist.main:
             cfg.to_toml(self.out / "config.toml")
@@ -259,10 +285,11 @@ class Trainer:
             start_stage, start_epoch = state["stage"], state["epoch"]
         elif resume:
             raise CheckpointError(f"--resume: no checkpoint in {self.checkpoint_dir}")
+        elif from_stage is not None:  # the loaded weights already hold the earlier stages
+            start_stage = names.index(from_stage)
         else:  # a fresh run: let the method estimate what it needs from the data (DCTDP)
             prep = torch.Generator().manual_seed(_derive_seed(cfg.seed, "prepare"))
             self.model.prepare(self.dataset, generator=prep)
-        stages = self.model.stages()
         for si in range(start_stage, len(stages)):
             resumed = state if si == start_stage else None
             self._run_stage(si, stages[si], start_epoch if resumed else 0, resumed)
@@ -271,6 +298,23 @@ class Trainer:
         if self.dist.world > 1:
             dist.barrier()
         return self.model.eval()
+
+    def _load_client(self, bundle: str | os.PathLike, stages: list[Stage]) -> None:
+        """Load ``bundle``'s client, refusing another method's bundle and a stage that
+        would go on training the client."""
+        manifest = read_manifest(bundle)
+        if manifest.get("method") != self.model.name:
+            raise InputError(
+                f"{bundle} holds a {manifest.get('method')!r} model; this run trains "
+                f"{self.model.name!r}"
+            )
+        mine = {id(t) for t in self.model.client.parameters()}
+        for stage in stages:
+            if any(id(t) in mine for g in stage.param_groups for t in g["params"]):
+                raise InputError(
+                    f"stage {stage.name!r} trains the client, so it cannot keep {bundle}'s"
+                )
+        self.model.load_weights(bundle, ["client"], manifest)
 
     def _run_stage(self, si: int, stage: Stage, first_epoch: int, state: dict | None) -> None:
         epochs, milestones, lr = self.cfg.stage(stage.name)
