@@ -151,10 +151,7 @@ def attack_cmd(
         )
     report = runner.run(method, victims, labels, aux=aux, aux_labels=aux_labels, seed=seed)
     report["model"] = str(model)
-    if "tiles" in first:
-        report["tiles_placed"] = first["tiles"]["placed"]
-    if "key" in first:
-        report["key_placed"] = first["key"]["placed"]
+    report.update({f"{step}_placed": done["placed"] for step, done in first.items()})
     if name == "linkage":
         tars = "  ".join(
             f"TAR@FAR={far} " + ("n/a" if t is None else f"{100 * t:.1f} %")

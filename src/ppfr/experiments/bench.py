@@ -182,13 +182,11 @@ def _run(
     split_seeds = [seed + k for k in range(int(splits))]
     per_split: list[dict[str, Any]] = []
     configs: dict[str, TrainConfig] = {}
+
+    def progress_of(current: dict[str, Any]) -> None:  # the splits done, and this one so far
+        save({"benchmark": "orl", "partial": True, "splits": [*per_split, current]})
+
     for k, s in enumerate(split_seeds):
-
-        def progress_of(current: dict[str, Any]) -> None:
-            if save is not None:
-                done = {"benchmark": "orl", "partial": True, "splits": [*per_split, current]}
-                save(done)
-
         split, split_configs = _run_split(
             methods,
             s,
@@ -199,7 +197,7 @@ def _run(
             attack=attack,
             log=log,
             keep=keep,
-            on_method=progress_of,
+            on_method=None if save is None else progress_of,
         )
         per_split.append(split)
         # the preset settings are the same for every split; seed and folder are not
