@@ -7,6 +7,8 @@ block as D B D^T. Run:  python benchmarks/bench_freq.py
 
 from __future__ import annotations
 
+import argparse
+
 import torch
 import torch.nn.functional as F
 from _common import machine, peak_rss_mib, per_item_ms
@@ -41,6 +43,7 @@ def straightforward_decode(f: torch.Tensor) -> torch.Tensor:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
     x = torch.rand(4, 3, 112, 112) * 2 - 1
     assert (straightforward_encode(x) - freq.encode(x)).abs().max() < 1e-2
     f = freq.encode(x)

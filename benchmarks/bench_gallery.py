@@ -44,7 +44,7 @@ from _common import machine  # noqa: E402
 
 import ppfr  # noqa: E402
 from ppfr.serve import Matcher, open_store  # noqa: E402
-from ppfr.slerpface import SlerpFace, SlerpFaceIndex  # noqa: E402
+from ppfr.templates import SlerpFace, SlerpFaceIndex  # noqa: E402
 
 DIM = 512
 PER_SUBJECT = 2

@@ -33,16 +33,16 @@ import ppfr
 from ppfr.attacks.metrics import psnr, ssim
 from ppfr.attacks.template_inversion import TemplateInversionAttack
 from ppfr.data.orl import load_orl, split_identities
-from ppfr.eval.templates import unlinkability
 from ppfr.eval.verification import make_open_set_pairs, threshold_at_far, verification_protocol
 from ppfr.experiments.demo import train_preset
 from ppfr.experiments.presets import TEST_IDENTITIES
 from ppfr.judge import best_threshold, get_judge
-from ppfr.slerpface import (
+from ppfr.templates import (
     SlerpFace,
     SlerpFaceConfig,
     SlerpFaceIndex,
     group_weights_from_templates,
+    unlinkability,
 )
 
 torch.set_num_threads(1)
@@ -117,7 +117,7 @@ def key_residual(sf: SlerpFace, p: torch.Tensor, k: torch.Tensor) -> torch.Tenso
     """What an adversary holding the key can keep of ``p``: its part orthogonal to the key.
 
     Per group, on the kept entries, remove the projection of ``p_g`` on ``k_g``; the rest
-    is the template's contribution (module docstring of ppfr.slerpface).
+    is the template's contribution (module docstring of ppfr.templates.slerpface).
     """
     n = len(p)
     pg = p.view(n, sf.num_groups, sf.group_size)
@@ -337,17 +337,17 @@ def main() -> None:
     plain.fit(model, train_set.faces, seed=args.seed)
     inv["raw templates (decoder trained on raw)"] = plain.evaluate(
         model, test_set.faces, labels, seed=args.seed, judge=judge
-    )
+    ).to_dict()
     naive = TemplateInversionAttack(sf, epochs=args.epochs, width=args.width)
     naive.decoder = plain.decoder
     inv["protected (decoder trained on raw)"] = naive.evaluate(
         model, test_set.faces, labels, seed=args.seed, judge=judge
-    )
+    ).to_dict()
     adaptive = TemplateInversionAttack(sf, epochs=args.epochs, width=args.width)
     adaptive.fit(model, train_set.faces, seed=args.seed)
     inv["protected (decoder trained on protected, own keys)"] = adaptive.evaluate(
         model, test_set.faces, labels, seed=args.seed, judge=judge
-    )
+    ).to_dict()
     inv_s = time.perf_counter() - t0
     # reference: an attacker who knows nothing of the victim shows the mean auxiliary face
     mean_face = ((train_set.faces.mean(0, keepdim=True) + 1) / 2).expand_as(test_set.faces)

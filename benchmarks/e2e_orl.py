@@ -45,7 +45,7 @@ from ppfr.experiments.demo import train_preset
 from ppfr.experiments.presets import TEST_IDENTITIES
 from ppfr.serve.calibrate import calibrate
 from ppfr.serve.wire import encode_representation
-from ppfr.slerpface import SlerpFace
+from ppfr.templates import SlerpFace
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 

@@ -4,6 +4,9 @@ import torch
 import ppfr
 from ppfr.data.orl import load_orl
 
+# --seed-shift N / PPFR_SEED_SHIFT=N: rerun any test under other seeds (tests/_seed_shift.py)
+from tests._seed_shift import pytest_addoption, pytest_configure, pytest_report_header  # noqa: F401
+
 torch.set_num_threads(2)
 # as every ppfr command does: the tests allocate and free large tensors in tight loops
 ppfr.tune_allocator()
@@ -20,6 +23,7 @@ TINY_FRACFACE = {**TINY, "refined_channels": 12}
 TINY_CONFIGS = {
     "arcface": TINY,
     "minusface": TINY_MINUSFACE,
+    "minusface-hardened": TINY_MINUSFACE,
     "partialface": TINY_PARTIALFACE,
     "dctdp": TINY_DCTDP,
     "duetface": TINY_DUETFACE,

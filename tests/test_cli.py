@@ -4,15 +4,21 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 import ppfr
 import ppfr.data.orl
 import ppfr.experiments.demo
 import ppfr.experiments.presets
+from ppfr.attacks import ViewingAttack, create_attack
+from ppfr.attacks._scoring import average_face_scores
 from ppfr.cli import app
+from ppfr.cli.attack import attack_data
 from ppfr.data.base import TensorFaces
-from ppfr.data.images import save_image, to_uint8
+from ppfr.data.images import load_face, save_image, to_uint8
+from ppfr.experiments.demo import attack_model, run_demo, score_model
+from ppfr.experiments.presets import ORL_FARS, DemoPresets
 from tests.conftest import TINY, TINY_MINUSFACE
 
 runner = CliRunner()
@@ -34,7 +40,13 @@ def test_protect_writes_representations_and_views(bundle, images, tmp_path):
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     rep = np.load(out / "face0.npy")
-    assert rep.shape == (3, 112, 112) and 0 <= rep.min() and rep.max() <= 1
+    # what the client itself makes of the image with the same seed, in one batch
+    faces = torch.stack([load_face(p) for p in images])
+    client = ppfr.load(bundle, part="client")
+    with torch.inference_mode():
+        want = client.protect(faces, generator=torch.Generator().manual_seed(1))
+    assert rep.shape == (3, 112, 112)
+    np.testing.assert_array_equal(rep, want[0].numpy())
     assert (out / "face0.png").is_file()
     # never overwrites silently; with --overwrite and the same seed the output repeats
     res = runner.invoke(app, args)
@@ -100,20 +112,24 @@ def test_train_from_a_config_file(tmp_path):
     assert res.exit_code == 2 and "has stages ['recognizer']" in res.output
 
 
+#: presets small enough for a test: one epoch per stage, width-2 attack networks
+TINY_PRESETS = DemoPresets(
+    models={"arcface": TINY, "minusface": {**TINY_MINUSFACE, "train_repeats": 1}},
+    epochs={"arcface": {"recognizer": 1}, "minusface": {"residue": 1, "protected": 1}},
+    attack={"width": 2, "epochs": 1},
+    linkage={"epochs": 1},
+    identity={"width": 2, "epochs": 1},
+)
+
+
+def _json(x) -> str:
+    """``x`` as canonical JSON text (NaN compares equal to NaN here, unlike in a dict)."""
+    return json.dumps(json.loads(x) if isinstance(x, str) else x, sort_keys=True)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)  # trains 2 models and 6 attack networks, then reruns 3
 def test_demo_end_to_end(tmp_path, monkeypatch):
-    monkeypatch.setattr(
-        ppfr.experiments.presets,
-        "DEMO_MODELS",
-        {"arcface": TINY, "minusface": {**TINY_MINUSFACE, "train_repeats": 1}},
-    )
-    monkeypatch.setattr(
-        ppfr.experiments.presets,
-        "DEMO_EPOCHS",
-        {"arcface": {"recognizer": 1}, "minusface": {"residue": 1, "protected": 1}},
-    )
-    monkeypatch.setattr(ppfr.experiments.presets, "DEMO_ATTACK", {"width": 2, "epochs": 1})
-    monkeypatch.setattr(ppfr.experiments.presets, "DEMO_LINKAGE", {"epochs": 1})
-    monkeypatch.setattr(ppfr.experiments.presets, "DEMO_IDENTITY", {"width": 2, "epochs": 1})
     loaded = []
 
     def small_orl(ids, aligned=False):
@@ -126,24 +142,65 @@ def test_demo_end_to_end(tmp_path, monkeypatch):
         return TensorFaces(full.faces[idx], full.labels[idx], full.classes)
 
     monkeypatch.setattr(ppfr.experiments.demo, "load_orl", small_orl)
-    res = runner.invoke(app, ["demo", "--out", str(tmp_path)])
-    assert res.exit_code == 0, res.output
-    results = json.loads((tmp_path / "report.json").read_text())
+    results = run_demo(tmp_path, presets=TINY_PRESETS, progress=False, log=lambda _: None)
+    assert _json((tmp_path / "report.json").read_text()) == _json(results)
     assert set(results["methods"]) == {"arcface", "minusface"}
-    for r in results["methods"].values():
-        assert 0.4 < r["accuracy"] <= 1 and r["protect_ms"] > 0
-        assert 0 <= r["attacks"]["linkage"]["auc"] <= 1
-        for attack in ("viewing", "recovery", "identity-recovery"):
-            scores = r["attacks"][attack]
-            assert 0 <= scores["leakage"] <= 1 and -1 <= scores["ssim"] <= 1
+    assert loaded == [True, True]  # the demo asks for the aligned faces
+    data = results["data"]
+    assert not set(data["train_identities"]) & set(data["test_identities"])
+    train_set = small_orl(data["train_identities"], aligned=True)
+    test_set = small_orl(data["test_identities"], aligned=True)
+
+    # every figure recomputed from the report's inputs: the saved models, the faces, seed 0
+    models = {m: ppfr.load(r["model_dir"]) for m, r in results["methods"].items()}
+    for name, r in results["methods"].items():
+        want = score_model(models[name], test_set, seed=0, extra_fars=ORL_FARS)
+        for key in ("accuracy", "std", "auc", "tar_at_far", "pairs", "bytes_sent"):
+            assert r[key] == want[key], (name, key)
+        # the attacks rerun: all of them on the product (MinusFace), the viewing on ArcFace
+        attacks = {"viewing": ViewingAttack().run(models[name], test_set.stack(),
+                                                  test_set.labels, seed=0).to_dict()}  # fmt: skip
+        if name == "minusface":
+            attacks, _ = attack_model(
+                models[name], train_set, test_set, seed=0, progress=False,
+                recognizer=models["arcface"], presets=TINY_PRESETS,
+            )  # fmt: skip
+            assert set(attacks) == set(r["attacks"])
+        for attack, scores in attacks.items():
+            timed = {"fit_seconds"}
+            got = {k: v for k, v in r["attacks"][attack].items() if k not in timed}
+            want = {k: v for k, v in scores.items() if k not in timed}
+            assert _json(got) == _json(want), (name, attack)
+        # the recovery floor: the attacker's average face against each victim
+        floor = average_face_scores(train_set.stack(), test_set.stack())
+        assert r["attacks"]["recovery"]["floor_ssim"] == floor["floor_ssim"]
     # the unprotected baseline shows the face itself to the viewing attack
     assert results["methods"]["arcface"]["attacks"]["viewing"]["ssim"] > 0.99
     page = (tmp_path / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 3  # plot + one grid per method
     assert "minusface" in page and "recovery leakage" in page
-    assert not set(results["data"]["train_identities"]) & set(results["data"]["test_identities"])
     assert "| minusface |" in (tmp_path / "results.md").read_text()
-    assert loaded == [True, True]  # the demo asks for the aligned faces
+
+
+def test_demo_command_runs_the_shipped_presets(tmp_path, monkeypatch):
+    """``ppfr demo`` passes the shipped presets to run_demo and prints its tables."""
+    (tmp_path / "report.json").write_text("{}")
+    calls = []
+
+    def fake_run_demo(out, methods, **kwargs):
+        calls.append((methods, kwargs))
+        r = {"accuracy": 0.9, "std": 0.01, "auc": 0.95, "tar_at_far": {"0.01": 0.5},
+             "train_seconds": 3.0, "protect_ms": 1.0, "embed_ms": 2.0, "bytes_sent": 150528,
+             "attacks": {"viewing": {"ssim": 0.1, "leakage": 0.5}}}  # fmt: skip
+        return {"methods": {m: r for m in methods}, "seconds": 60.0}
+
+    monkeypatch.setattr(ppfr.experiments.demo, "run_demo", fake_run_demo)
+    res = runner.invoke(app, ["demo", "--out", str(tmp_path), "--methods", "arcface"])
+    assert res.exit_code == 0, res.output
+    ((methods, kwargs),) = calls
+    assert methods == ("arcface",) and kwargs["presets"] == DemoPresets()
+    assert "90.00 ± 1.00" in res.output and "150,528" in res.output
+    monkeypatch.undo()  # the real run_demo refuses a method without a preset before training
     res = runner.invoke(app, ["demo", "--out", str(tmp_path), "--methods", "partialfac"])
     assert res.exit_code == 2 and "no demo preset" in res.output
 
@@ -160,7 +217,14 @@ def test_attack_command(bundle, tmp_path):
     report = json.loads(out.read_text())
     assert report["attack"] == "recovery" and report["method"] == "minusface"
     assert report["n"] == 40 and report["aux"] == 360
-    assert 0 <= report["leakage"] <= 1 and grid.stat().st_size > 1000
+    assert report["model"] == str(bundle) and grid.stat().st_size > 1000
+    # the scores are the recovery attack's on the same split, run directly
+    victims, labels, aux, aux_labels = attack_data("orl", 4, 0)
+    direct = create_attack("recovery", width=2, epochs=1, progress=False).run(
+        ppfr.load(bundle, part="client"), victims, labels, aux=aux, aux_labels=aux_labels
+    )
+    for key in ("ssim", "psnr", "leakage", "rank1", "floor_ssim", "floor_psnr", "train_l1"):
+        assert report[key] == direct[key], key
     assert "leakage" in res.output
 
     res = runner.invoke(app, [*args, "--attack", "viewin"])

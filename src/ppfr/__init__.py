@@ -22,6 +22,7 @@ from ppfr.errors import (  # noqa: E402
     InputError,
     PPFRError,
     UnknownNameError,
+    missing_extra,
 )
 from ppfr.methods import Method, create, list_methods, load  # noqa: E402
 from ppfr.runtime import tune_allocator  # noqa: E402
@@ -29,9 +30,14 @@ from ppfr.runtime import tune_allocator  # noqa: E402
 
 def __getattr__(name: str):
     if name == "Client":
-        # deferred: httpx (and the serving package) load only for those who use ppfr.Client
-        from ppfr.serve.client import Client
-
+        try:
+            # deferred: httpx (and the serving package) load only for those who use ppfr.Client
+            from ppfr.serve.client import Client
+        except ImportError as e:  # a lean install: name the extra that brings httpx
+            clear = missing_extra(e)
+            if clear is None:
+                raise
+            raise clear from e
         return Client
     raise AttributeError(f"module 'ppfr' has no attribute {name!r}")
 

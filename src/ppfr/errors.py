@@ -29,3 +29,33 @@ class UnknownNameError(PPFRError, KeyError):
 
     def __str__(self) -> str:  # KeyError would otherwise quote the whole message
         return str(self.args[0]) if self.args else ""
+
+
+#: third-party modules of ppfr's optional extras -> the extra that installs them
+#: (pyproject.toml's ``[project.optional-dependencies]``); the core needs none of them
+EXTRA_MODULES = {
+    "fastapi": "serve",
+    "uvicorn": "serve",
+    "httpx": "serve",
+    "psycopg": "serve",
+    "faiss": "serve",
+}
+
+
+class MissingExtraError(PPFRError, ImportError):
+    """A feature needs a dependency of an optional extra (``ppfr[serve]``) that is missing."""
+
+
+def missing_extra(error: ImportError) -> MissingExtraError | None:
+    """The clear error for ``error`` when it is a missing module of an extra, else None.
+
+    >>> str(missing_extra(ModuleNotFoundError("No module named 'uvicorn'", name="uvicorn")))
+    "uvicorn is not installed; it comes with ppfr's 'serve' extra: pip install 'ppfr[serve]'"
+    """
+    top = (getattr(error, "name", None) or "").split(".")[0]
+    extra = EXTRA_MODULES.get(top)
+    if extra is None:
+        return None
+    return MissingExtraError(
+        f"{top} is not installed; it comes with ppfr's {extra!r} extra: pip install 'ppfr[{extra}]'"
+    )

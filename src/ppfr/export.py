@@ -32,8 +32,9 @@ cannot trace; the graph therefore computes the same linear map in its dense sepa
 :func:`ppfr.freq.resize_matrix` and :func:`ppfr.freq.dct_matrix`. Its agreement with
 ``freq.encode`` is part of the parity test. ``freq.decode`` exports as it is.
 
-Methods: ``minusface`` and ``arcface`` (its client sends the face itself: the graph is the
-identity, ``noise`` absent). Others raise a clear "not exportable yet" error.
+Methods: ``minusface`` (and ``minusface-hardened``, through the same graph) and ``arcface``
+(its client sends the face itself: the graph is the identity, ``noise`` absent). Others
+raise a clear "not exportable yet" error.
 """
 
 from __future__ import annotations
@@ -49,7 +50,10 @@ from ppfr import freq
 from ppfr.errors import InputError
 from ppfr.methods import Method, load
 
-EXPORTABLE = ("minusface", "arcface")
+EXPORTABLE = ("minusface", "minusface-hardened", "arcface")
+#: the methods exported through MinusFace's graph. The hardened variant's options are not in
+#: it (as when they were settings of "minusface"): its equalise and tile_grid are left out
+MINUSFACE = ("minusface", "minusface-hardened")
 OPSET = 17
 
 
@@ -116,7 +120,7 @@ def protect_module(model: Method) -> nn.Module:
             f"{model.name}: ONNX export of the client is not exportable yet "
             f"(exportable: {', '.join(EXPORTABLE)})"
         )
-    return (_MinusFaceProtect(model) if model.name == "minusface" else _Identity()).eval()
+    return (_MinusFaceProtect(model) if model.name in MINUSFACE else _Identity()).eval()
 
 
 def export_client(model_dir: str | os.PathLike, out: str | os.PathLike) -> Path:
@@ -134,7 +138,7 @@ def export_client(model_dir: str | os.PathLike, out: str | os.PathLike) -> Path:
     faces = torch.zeros(1, 3, freq.SIZE, freq.SIZE)
     names, axes = ["faces"], {"faces": {0: "batch"}, "protected": {0: "batch"}}
     args: tuple[Tensor, ...] = (faces,)
-    if model.name == "minusface":
+    if model.name in MINUSFACE:
         args = (faces, torch.rand(1, model.config.shuffles, freq.NUM_CHANNELS))
         names.append("noise")
         axes["noise"] = {0: "batch"}

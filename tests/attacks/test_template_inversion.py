@@ -9,7 +9,7 @@ import ppfr
 from ppfr.attacks import TemplateInversionAttack, create_attack, list_attacks
 from ppfr.attacks.template_inversion import TemplateDecoder
 from ppfr.errors import InputError
-from ppfr.slerpface import SlerpFace
+from ppfr.templates import SlerpFace
 from tests.conftest import TINY
 
 
@@ -53,7 +53,7 @@ def test_run_end_to_end(orl4, model, judge, protected):
     aux = orl4.faces[:20]
     pick = torch.cat([torch.arange(20, 25), torch.arange(30, 35)])
     victims, labels = orl4.faces[pick], [orl4.labels[i] for i in pick]
-    report = attack.run(model, victims, labels, aux_faces=aux, seed=0, judge=judge)
+    report = attack.run(model, victims, labels, aux=aux, seed=0, judge=judge)
     assert report["protected"] is protected and report["n"] == 10
     for key in ("ssim", "psnr", "leakage", "rank1", "final_l1"):
         assert isinstance(report[key], float) and math.isfinite(report[key])

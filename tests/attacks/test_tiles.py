@@ -10,7 +10,7 @@ from tests.conftest import TINY_MINUSFACE
 
 def _tiled(grid=2):
     torch.manual_seed(0)
-    m = ppfr.create("minusface", num_classes=4, **TINY_MINUSFACE, tile_grid=grid).eval()
+    m = ppfr.create("minusface-hardened", num_classes=4, **TINY_MINUSFACE, tile_grid=grid).eval()
     g = m.client.generator
     with torch.no_grad():  # a residue with structure (an untrained U-Net gives near zero)
         g.out.weight.normal_(0, 3.0, generator=torch.Generator().manual_seed(1))

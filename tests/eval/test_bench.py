@@ -16,7 +16,10 @@ from ppfr.cli.bench import bench_app
 from ppfr.data.base import TensorFaces
 from ppfr.data.orl import load_orl, split_identities
 from ppfr.errors import InputError
-from ppfr.experiments.bench import _label_groups, bench_table, mean_std, write_frontier
+from ppfr.eval.openset import evaluate_open_set
+from ppfr.experiments.merge import mean_std
+from ppfr.experiments.plots import label_groups, write_frontier
+from ppfr.experiments.tables import bench_table
 from tests.conftest import TINY, TINY_MINUSFACE
 
 runner = CliRunner()
@@ -133,8 +136,8 @@ def test_frontier_plots_only_what_was_measured(tmp_path):
 def test_frontier_labels_coinciding_points_together():
     # three methods at 100 % rank-1 near 91 % accuracy, two far from them and each other
     points = [(91.6, 100.0), (90.5, 99.8), (91.2, 100.0), (48.7, 26.7), (88.2, 92.2)]
-    assert _label_groups(points) == [[0, 1, 2], [3], [4]]
-    assert _label_groups([(1.0, 1.0), (1.0, 1.0)]) == [[0, 1]] and _label_groups([]) == []
+    assert label_groups(points) == [[0, 1, 2], [3], [4]]
+    assert label_groups([(1.0, 1.0), (1.0, 1.0)]) == [[0, 1]] and label_groups([]) == []
 
 
 def test_mean_std_is_none_aware():
@@ -144,7 +147,7 @@ def test_mean_std_is_none_aware():
 
 def _record(seed, methods, acc=0.9, attack=None, **fig):
     """A bench.json as run_orl_bench writes it, one split, made-up figures."""
-    from ppfr.experiments.bench import _aggregate
+    from ppfr.experiments.merge import aggregate
 
     figs = {
         m: {"accuracy": acc + i / 100, "auc": 0.95, "train_seconds": 10.0, "protect_ms": 1.0,
@@ -158,12 +161,12 @@ def _record(seed, methods, acc=0.9, attack=None, **fig):
                      "attack": attack or {"width": 8, "epochs": 10}, "methods": list(methods),
                      "split_seeds": [seed], "presets": {m: {"model": m} for m in methods}},
         "splits": [{"seed": seed, "test_identities": [seed], "methods": figs}],
-        "methods": {m: _aggregate([f]) for m, f in figs.items()},
+        "methods": {m: aggregate([f]) for m, f in figs.items()},
     }  # fmt: skip
 
 
 def test_merge_averages_splits_from_separate_runs(tmp_path):
-    from ppfr.experiments.bench import merge_results
+    from ppfr.experiments.merge import merge_results
 
     runs = [_record(1, ["arcface", "minusface"]), _record(0, ["arcface", "minusface"], acc=0.8)]
     runs.append(_record(2, ["arcface", "minusface"], acc=0.7, key_placed=1.0))
@@ -235,5 +238,9 @@ def test_a_run_killed_half_way_keeps_what_it_measured(tiny_bench, tmp_path, monk
     assert partial["partial"] is True and not (out / "bench.json").exists()
     (split,) = partial["splits"]
     assert split["seed"] == 4 and list(split["methods"]) == ["arcface"]
-    assert 0 <= split["methods"]["arcface"]["accuracy"] <= 1
+    # what it kept is what the saved arcface scores on the split's held-out faces
+    arcface = split["methods"]["arcface"]
+    test_set = ppfr.experiments.bench.load_orl(split["test_identities"], aligned=True)
+    want, _ = evaluate_open_set(ppfr.load(arcface["model_dir"]), test_set, seed=4)
+    assert arcface["accuracy"] == want.accuracy and arcface["auc"] == want.auc
     assert "recovery_leakage" in split["methods"]["arcface"]

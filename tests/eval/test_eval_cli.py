@@ -55,7 +55,11 @@ def test_eval_prints_table_and_writes_json(bundle, pack, tmp_path):
     assert {"accuracy", "std", "auc", "tar_at_far", "num_pairs", "folds"} <= set(r)
     assert set(r["tar_at_far"]) == {"0.001", "0.0001"}
     assert r["num_pairs"] == 24 and r["num_genuine"] == 12 and len(r["folds"]) == 10
-    assert 0 <= r["accuracy"] <= 1 and 0 <= r["auc"] <= 1
+    # the protocol's accuracy is the mean of the ten held-out folds' (each fold's pairs)
+    folds = r["folds"]
+    assert sum(f["num_pairs"] for f in folds) == 24
+    assert r["accuracy"] == pytest.approx(np.mean([f["accuracy"] for f in folds]), abs=1e-12)
+    assert r["std"] == pytest.approx(np.std([f["accuracy"] for f in folds]), abs=1e-12)
     # the command is exactly evaluate_pairs (protect + embed, flip-sum) with the given seed
     direct = evaluate_pairs(ppfr.load(bundle), read_bin(pack), batch_size=16, seed=3).to_dict()
     assert r["accuracy"] == direct["accuracy"] and r["folds"] == direct["folds"]

@@ -390,3 +390,30 @@ def test_evaluate_pairs_end_to_end_is_seeded():
     r2 = evaluate_pairs(model, pairs, batch_size=16, seed=0)
     assert r1.name == "toy" and r1.num_pairs == 20 and len(r1.folds) == 10
     assert r1.to_dict() == r2.to_dict()
+
+
+def test_leakage_rule_and_protocol_rule_differ_only_where_documented():
+    """judge.verification_accuracy (leakage) and the protocol share their folds; the judge's
+    exact threshold finds a cut the protocol's 0.01 grid cannot (both docstrings say why)."""
+    from ppfr.judge import best_threshold, verification_accuracy
+
+    same = np.tile([True, False], 20)
+    # well separated: both rules are perfect
+    sim = np.where(same, 0.8, 0.1)
+    assert verification_accuracy(sim, same) == 1.0
+    assert verification_protocol(2 - 2 * sim, same).accuracy == 1.0
+    # separated inside one grid cell of the distance (0.99 < d < 1.00): no grid threshold
+    # splits them, the judge's best cut does
+    d = np.where(same, 0.9952, 0.9962) + np.linspace(0, 0.0003, 40)
+    assert verification_protocol(d, same).accuracy == 0.5
+    assert verification_accuracy(1 - d / 2, same) == 1.0
+    # the judge's folds are the protocol's: fold k scored at the best cut of the others
+    rng = np.random.default_rng(0)
+    sim = rng.normal(size=40) + same
+    correct = 0
+    for idx in contiguous_folds(40, 10):
+        train = np.ones(40, bool)
+        train[idx] = False
+        t = best_threshold(sim[train], same[train])
+        correct += int(np.sum((sim[idx] >= t) == same[idx]))
+    assert verification_accuracy(sim, same) == correct / 40

@@ -8,8 +8,10 @@ import torch.nn.functional as F
 from torch import nn
 
 import ppfr
+from ppfr import freq
 from ppfr.errors import InputError
-from ppfr.methods.base import Recognition, Rescale
+from ppfr.methods._builders import Recognition, Rescale, build_head
+from ppfr.methods.base import Client
 from tests.conftest import TINY_CONFIGS
 
 METHODS = ppfr.list_methods()
@@ -95,3 +97,28 @@ def test_a_model_knows_its_manifest(tmp_path):
     assert m.manifest == {}
     m.save(tmp_path / "b")
     assert ppfr.load(tmp_path / "b").manifest["method"] == "arcface"
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_every_client_is_a_client_and_calling_it_protects(name, faces):
+    m = _model(name)
+    assert isinstance(m.client, Client)
+    if name != "duetface":  # its forward returns the parts before packing
+        torch.manual_seed(1)
+        called = m.client(faces)
+        torch.manual_seed(1)
+        assert torch.equal(called, m.client.protect(faces))
+
+
+def test_default_training_part_is_the_head():
+    m = _model("arcface")
+    assert list(m.train_part) == ["head"]
+    assert type(m.train_part["head"]) is type(build_head(m.config))
+
+
+def test_decode_channels_zero_fills_the_others():
+    kept = [c for c in range(freq.NUM_CHANNELS) if c % 64]  # DCTDP's: all but DC
+    p = torch.randn(2, len(kept), 112, 112, generator=torch.Generator().manual_seed(0))
+    full = torch.zeros(2, freq.NUM_CHANNELS, 112, 112)
+    full[:, kept] = p
+    assert torch.equal(freq.decode_channels(p, kept), freq.decode(full))

@@ -8,7 +8,7 @@ import torch
 
 from ppfr.errors import InputError, UnknownNameError
 from ppfr.serve import Matcher, open_store
-from ppfr.slerpface import SlerpFace, SlerpFaceConfig
+from ppfr.templates import SlerpFace, SlerpFaceConfig
 
 DIM = 64
 
@@ -89,7 +89,7 @@ def test_identify_matches_brute_force_slerpface(store_url, sf, precompute):
 
 def test_snapshot_index_scores_equal_direct_form(tmp_path, sf):
     """The snapshot's streamed index against the direct form, over several blocks."""
-    import ppfr.slerpface as slerp_mod
+    import ppfr.templates as slerp_mod
 
     t = _unit(300, 1)
     keys = sf.draw_keys(300, torch.Generator().manual_seed(2))

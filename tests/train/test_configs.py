@@ -20,7 +20,8 @@ def test_the_recipes_are_there():
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
 def test_recipe_parses_and_builds(path):
     cfg = TrainConfig.from_toml(path)
-    assert cfg.method == path.stem.split("-")[0]
+    # the file names its method's family (minusface-tiles-orl trains minusface-hardened)
+    assert cfg.method.split("-")[0] == path.stem.split("-")[0]
     # the model only: a 2-class head stands in for the dataset's identities
     model = ppfr.create(cfg.method, num_classes=2, **cfg.model)
     assert model.config.backbone == cfg.model["backbone"]

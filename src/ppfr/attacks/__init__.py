@@ -1,7 +1,9 @@
 """Privacy attacks on protected representations, looked up by name.
 
-An attack takes a model (a registered method) and faces with their identities, and scores
-how much of the face the method's protected representation gives away (docs/privacy.md):
+An attack (:class:`~ppfr.attacks.base.Attack`) takes a model (a registered method) and faces
+with their identities, and returns a typed report (:class:`~ppfr.attacks.base.AttackReport`,
+``.to_dict()`` for JSON) of how much of the face the method's protected representation gives
+away (docs/privacy.md):
 SSIM and PSNR against the original, and identity leakage measured by the independent judge.
 The identity attacks (``linkage``, ``identity-recovery``) use a face recognizer of the
 attacker's own, never the judge (docs/privacy.md).
@@ -24,6 +26,15 @@ from ppfr.attacks import (
 )
 from ppfr.attacks._registry import ATTACKS, create_attack, list_attacks, register_attack
 from ppfr.attacks.adaptive import AdaptiveAttack
+from ppfr.attacks.base import (
+    Attack,
+    AttackReport,
+    IdentityRecoveryReport,
+    InversionReport,
+    LinkageReport,
+    TemplateInversionReport,
+    ViewingReport,
+)
 from ppfr.attacks.identity_recovery import IdentityRecoveryAttack
 from ppfr.attacks.linkage import LinkageAttack
 from ppfr.attacks.recovery import RecoveryAttack
@@ -33,6 +44,13 @@ from ppfr.attacks.viewing import ViewingAttack
 __all__ = [
     "ATTACKS",
     "AdaptiveAttack",
+    "Attack",
+    "AttackReport",
+    "IdentityRecoveryReport",
+    "InversionReport",
+    "LinkageReport",
+    "TemplateInversionReport",
+    "ViewingReport",
     "IdentityRecoveryAttack",
     "LinkageAttack",
     "RecoveryAttack",

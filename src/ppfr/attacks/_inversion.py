@@ -10,7 +10,7 @@ Subclasses decide what the inverter reads (:meth:`InversionAttack.features`).
 from __future__ import annotations
 
 import time
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from typing import Any
 
 import torch
@@ -25,8 +25,9 @@ from ppfr.attacks._scoring import (
     method_name,
     score_images,
 )
+from ppfr.attacks.base import Attack, InversionReport
 from ppfr.errors import InputError
-from ppfr.methods.base import check_faces
+from ppfr.methods._checks import check_faces
 from ppfr.nets.unet import UNet
 
 FACE_SHAPE = (3, 112, 112)
@@ -101,7 +102,7 @@ class Inverter(nn.Module):
         return torch.sigmoid(self.net((x - self.mean) / self.std))
 
 
-class InversionAttack(ABC):
+class InversionAttack(Attack):
     """Train an :class:`Inverter` on the attacker's faces, then reconstruct the victims'.
 
     Args:
@@ -238,24 +239,25 @@ class InversionAttack(ABC):
     def run(
         self,
         model: Any,
-        faces: Tensor,
+        victims: Tensor,
         labels: Any,
         *,
         aux: Tensor | None = None,
         aux_labels: Any = None,
         seed: int = 0,
         judge: Any = None,
-    ) -> dict[str, Any]:
-        """Fit on ``aux``, reconstruct ``faces`` (identities ``labels``) and score them.
+    ) -> InversionReport:
+        """Fit on ``aux``, reconstruct ``victims`` (identities ``labels``) and score them.
 
-        Keys: ``ssim``, ``psnr``, ``leakage``, ``rank1`` (see
+        The report (:class:`~ppfr.attacks.base.InversionReport`) has ``ssim``, ``psnr``,
+        ``leakage``, ``rank1`` (see
         :func:`ppfr.attacks._scoring.score_images`), ``floor_ssim`` and ``floor_psnr`` (what
         the attacker's average face scores without looking at anything: the floor a
         reconstruction must rise above, :func:`~ppfr.attacks._scoring.average_face_scores`),
         ``train_l1`` (last epoch's training loss: the L1, plus any term a subclass adds),
         ``fit_seconds``, the attack's settings, ``method``, ``n`` and ``seed``.
         """
-        labels = check_labels(faces, labels, f"{self.name} attack")
+        labels = check_labels(victims, labels, f"{self.name} attack")
         if aux is None:
             raise InputError(
                 f"the {self.name} attack trains on the attacker's own faces: pass aux= "
@@ -264,20 +266,20 @@ class InversionAttack(ABC):
         t0 = time.perf_counter()
         self.fit(model, aux, seed=seed, aux_labels=aux_labels)
         fit_s = time.perf_counter() - t0
-        recon = self.reconstruct(model, faces, seed=seed + 1)
-        scores = score_images(recon, faces, labels, seed=seed, judge=judge)
-        return {
-            "attack": self.name,
-            "method": method_name(model),
-            "n": int(len(faces)),
-            "aux": int(len(aux)),
-            "seed": int(seed),
+        recon = self.reconstruct(model, victims, seed=seed + 1)
+        scores = score_images(recon, victims, labels, seed=seed, judge=judge)
+        return InversionReport(
+            attack=self.name,
+            method=method_name(model),
+            n=int(len(victims)),
+            aux=int(len(aux)),
+            seed=int(seed),
             **scores,
-            **average_face_scores(aux, faces),
-            "train_l1": self.history[-1],
-            "fit_seconds": fit_s,
-            **self.settings(),
-        }
+            **average_face_scores(aux, victims),
+            train_l1=self.history[-1],
+            fit_seconds=fit_s,
+            settings=self.settings(),
+        )
 
     def settings(self) -> dict[str, Any]:
         return {"width": self.width, "epochs": self.epochs, "batch_size": self.batch_size}

@@ -47,7 +47,7 @@ from ppfr.data.base import TensorFaces
 from ppfr.errors import DataError, InputError
 from ppfr.judge import SFACE_FILE, load_sface
 from ppfr.methods import load as load_bundle
-from ppfr.methods.base import check_faces
+from ppfr.methods._checks import check_faces
 from ppfr.train import TrainConfig, Trainer
 
 #: the unprotected recognizer an attacker trains on its own faces when none is given: the

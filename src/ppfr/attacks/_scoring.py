@@ -18,7 +18,7 @@ from torch import Tensor
 from ppfr.attacks.metrics import psnr_per_image, ssim_per_image, to_unit_range
 from ppfr.errors import InputError
 from ppfr.judge import get_judge
-from ppfr.methods.base import check_faces
+from ppfr.methods._checks import check_faces
 
 #: PSNR of an image identical to its face is infinite; reports cap it here to stay JSON-safe
 PSNR_CAP = 100.0

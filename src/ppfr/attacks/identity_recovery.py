@@ -30,6 +30,7 @@ Example:
 
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import Any
 
 import torch
@@ -43,6 +44,7 @@ from ppfr.attacks._recognizer import (
     attacker_recognizer,
 )
 from ppfr.attacks._registry import register_attack
+from ppfr.attacks.base import IdentityRecoveryReport
 from ppfr.errors import InputError
 
 
@@ -126,14 +128,30 @@ class IdentityRecoveryAttack(InversionAttack):
             "train_identity": sum(k * b for k, _, b in last) / n,
         }
 
-    def run(self, model: Any, faces: Tensor, labels: Any, **kwargs: Any) -> dict[str, Any]:
+    def run(
+        self,
+        model: Any,
+        victims: Tensor,
+        labels: Any,
+        *,
+        aux: Tensor | None = None,
+        aux_labels: Any = None,
+        seed: int = 0,
+        judge: Any = None,
+    ) -> IdentityRecoveryReport:
         """As :meth:`InversionAttack.run`, plus ``train_pixel_l1`` and ``train_identity``
-        (last epoch's mean of each loss term) and ``recognizer`` (its name)."""
-        report = super().run(model, faces, labels, **kwargs)
-        aux = kwargs["aux"]
+        (last epoch's mean of each loss term) and ``recognizer`` (its name):
+        an :class:`~ppfr.attacks.base.IdentityRecoveryReport`."""
+        report = super().run(
+            model, victims, labels, aux=aux, aux_labels=aux_labels, seed=seed, judge=judge
+        )
+        assert aux is not None and self.recognizer is not None  # run() refuses aux=None
         batches = -(-len(aux) // self.batch_size)
-        assert self.recognizer is not None
-        return {**report, **self.last_epoch_terms(batches), "recognizer": self.recognizer.name}
+        return IdentityRecoveryReport(
+            **{f.name: getattr(report, f.name) for f in fields(report)},
+            **self.last_epoch_terms(batches),
+            recognizer=self.recognizer.name,
+        )
 
     def settings(self) -> dict[str, Any]:
         return {**super().settings(), "identity_weight": self.identity_weight}

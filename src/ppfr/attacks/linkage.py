@@ -56,10 +56,11 @@ from ppfr.attacks._recognizer import (
 )
 from ppfr.attacks._registry import register_attack
 from ppfr.attacks._scoring import check_labels, eval_mode, method_name
+from ppfr.attacks.base import Attack, LinkageReport
 from ppfr.errors import InputError
 from ppfr.eval.verification import roc_auc, tar_at_far
 from ppfr.judge import balanced_pairs, verification_accuracy
-from ppfr.methods.base import check_faces
+from ppfr.methods._checks import check_faces
 from ppfr.nets import create_backbone, list_backbones
 
 #: FARs at which the linkage TAR is reported; one the pairs cannot measure is None (n/a)
@@ -280,7 +281,7 @@ def _unit_rows(x: Any, what: str) -> np.ndarray:
 
 
 @register_attack("linkage")
-class LinkageAttack:
+class LinkageAttack(Attack):
     """Distil the attacker's recognizer into a student that reads protected representations.
 
     Args:
@@ -483,26 +484,27 @@ class LinkageAttack:
     def run(
         self,
         model: Any,
-        faces: Tensor,
+        victims: Tensor,
         labels: Any,
         *,
         aux: Tensor | None = None,
         aux_labels: Any = None,
         seed: int = 0,
         judge: Any = None,
-    ) -> dict[str, Any]:
-        """Fit on ``aux``, link the victims ``faces`` (identities ``labels``) and score them.
+    ) -> LinkageReport:
+        """Fit on ``aux``, link the ``victims`` (identities ``labels``) and score them.
 
-        Keys: ``accuracy``, ``auc``, ``tar_at_far``, ``rank1`` (:func:`linkage_scores`, the
-        student's embedding of a protected face against the recognizer's flip-sum embedding
-        of another photo), the same four for the recognizer's photos against each other
-        (``recognizer_accuracy``, ... : the upper bound a perfect student reaches),
+        The report (:class:`~ppfr.attacks.base.LinkageReport`) has ``accuracy``, ``auc``,
+        ``tar_at_far``, ``rank1`` (:func:`linkage_scores`, the student's embedding of a
+        protected face against the recognizer's flip-sum embedding of another photo), the
+        same four for the recognizer's photos against each other (``recognizer_accuracy``,
+        ... : the upper bound a perfect student reaches),
         ``chance_rank1``, ``train_loss`` (last epoch's mean ``1 - cos``), ``fit_seconds``,
         ``recognizer`` (its name), the settings, ``method``, ``n``, ``aux`` and ``seed``.
         ``judge`` is accepted for a uniform attack API and not used: the linkage is scored
         in the attacker's own recognizer's space, which is what the attacker would use.
         """
-        labels = check_labels(faces, labels, "linkage attack")
+        labels = check_labels(victims, labels, "linkage attack")
         if aux is None:
             raise InputError(
                 "the linkage attack trains on the attacker's own faces: pass aux= "
@@ -512,24 +514,24 @@ class LinkageAttack:
         self.fit(model, aux, aux_labels, seed=seed)
         fit_s = time.perf_counter() - t0
         assert self.recognizer is not None
-        linked = self.link(model, faces, seed=seed + 1)
-        photos = self.recognizer.embed_flip(faces.float().cpu())
+        linked = self.link(model, victims, seed=seed + 1)
+        photos = self.recognizer.embed_flip(victims.float().cpu())
         scores = linkage_scores(linked, photos, labels, seed=seed)
         upper = linkage_scores(photos, photos, labels, seed=seed)
-        return {
-            "attack": self.name,
-            "method": method_name(model),
-            "n": int(len(faces)),
-            "aux": int(len(aux)),
-            "seed": int(seed),
+        return LinkageReport(
+            attack=self.name,
+            method=method_name(model),
+            n=int(len(victims)),
+            aux=int(len(aux)),
+            seed=int(seed),
             **scores,
             **{f"recognizer_{k}": upper[k] for k in ("accuracy", "auc", "tar_at_far", "rank1")},
-            "chance_rank1": 1.0 / len(np.unique(labels)),
-            "recognizer": self.recognizer.name,
-            "train_loss": self.history[-1],
-            "fit_seconds": fit_s,
-            **self.settings(),
-        }
+            chance_rank1=1.0 / len(np.unique(labels)),
+            recognizer=self.recognizer.name,
+            train_loss=self.history[-1],
+            fit_seconds=fit_s,
+            settings=self.settings(),
+        )
 
     def settings(self) -> dict[str, Any]:
         return {

@@ -45,10 +45,11 @@ from ppfr.attacks._scoring import (
     method_name,
     score_images,
 )
+from ppfr.attacks.base import Attack, TemplateInversionReport
 from ppfr.attacks.metrics import to_unit_range
 from ppfr.errors import InputError
-from ppfr.methods.base import check_faces
-from ppfr.slerpface import SlerpFace
+from ppfr.methods._checks import check_faces
+from ppfr.templates import SlerpFace
 
 
 class TemplateDecoder(nn.Module):
@@ -86,7 +87,7 @@ class TemplateDecoder(nn.Module):
 
 
 @register_attack("template-inversion")
-class TemplateInversionAttack:
+class TemplateInversionAttack(Attack):
     """Decoder-based template inversion, against raw or SlerpFace-protected templates.
 
     Args:
@@ -201,43 +202,52 @@ class TemplateInversionAttack:
         return to_unit_range(self.decoder(stored.float().cpu()), (-1.0, 1.0))
 
     def evaluate(
-        self, model: Any, faces: Tensor, labels: Any, *, seed: int = 0, judge: Any = None
-    ) -> dict[str, Any]:
+        self, model: Any, victims: Tensor, labels: Any, *, seed: int = 0, judge: Any = None
+    ) -> TemplateInversionReport:
         """Steal the victims' stored templates, decode them and score the reconstructions.
 
-        The victims' database is built here: templates of ``faces``, protected with keys
-        drawn from ``seed`` when the attack has a ``protection``. Keys: ``ssim``, ``psnr``
+        The victims' database is built here: templates of ``victims``, protected with keys
+        drawn from ``seed`` when the attack has a ``protection``. The report
+        (:class:`~ppfr.attacks.base.TemplateInversionReport`) has ``ssim``, ``psnr``
         (capped at :data:`ppfr.attacks._scoring.PSNR_CAP`), ``leakage``, ``rank1`` as in
         the viewing attack, plus ``attack``, ``method``, ``protected``, ``n``, ``seed``.
         """
-        labels = check_labels(faces, labels, "template inversion")
+        labels = check_labels(victims, labels, "template inversion")
         gen = torch.Generator().manual_seed(int(seed) + 1_000_003)  # not the training keys
-        recon = self.reconstruct(self._stored(self.templates(model, faces), gen))
-        scores = score_images(recon, faces, labels, seed=seed, judge=judge)
-        return {
-            "attack": self.name,
-            "method": method_name(model),
-            "protected": self.protection is not None,
-            "n": int(len(faces)),
-            "seed": int(seed),
+        recon = self.reconstruct(self._stored(self.templates(model, victims), gen))
+        scores = score_images(recon, victims, labels, seed=seed, judge=judge)
+        return TemplateInversionReport(
+            attack=self.name,
+            method=method_name(model),
+            protected=self.protection is not None,
+            n=int(len(victims)),
+            seed=int(seed),
             **scores,
-        }
+        )
 
     def run(
         self,
         model: Any,
-        faces: Tensor,
+        victims: Tensor,
         labels: Any,
         *,
-        aux_faces: Tensor,
+        aux: Tensor | None = None,
+        aux_labels: Any = None,
         seed: int = 0,
         judge: Any = None,
         progress: bool = False,
-    ) -> dict[str, Any]:
-        """:meth:`fit` on ``aux_faces`` (people other than the victims), then :meth:`evaluate`."""
-        self.fit(model, aux_faces, seed=seed, progress=progress)
-        report = self.evaluate(model, faces, labels, seed=seed, judge=judge)
-        report["final_l1"] = self.losses[-1] if self.losses else math.nan
+    ) -> TemplateInversionReport:
+        """:meth:`fit` on ``aux`` (the attacker's own faces, people other than the victims),
+        then :meth:`evaluate`; the report adds ``final_l1``. ``aux_labels`` is accepted for
+        the uniform attack API (:class:`~ppfr.attacks.base.Attack`) and not needed."""
+        if aux is None:
+            raise InputError(
+                "template inversion trains its decoder on the attacker's own faces: pass aux= "
+                "(faces of identities disjoint from the victims)"
+            )
+        self.fit(model, aux, seed=seed, progress=progress)
+        report = self.evaluate(model, victims, labels, seed=seed, judge=judge)
+        report.final_l1 = self.losses[-1] if self.losses else math.nan
         return report
 
 

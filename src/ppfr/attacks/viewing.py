@@ -36,15 +36,16 @@ from ppfr.attacks._scoring import (
     method_name,
     score_images,
 )
+from ppfr.attacks.base import Attack, ViewingReport
 from ppfr.attacks.metrics import to_unit_range
 from ppfr.errors import InputError
-from ppfr.methods.base import check_faces
+from ppfr.methods._checks import check_faces
 
 FACE_SHAPE = (3, 112, 112)
 
 
 @register_attack("viewing")
-class ViewingAttack:
+class ViewingAttack(Attack):
     """Shows the protected representation as an image and scores it against the face.
 
     Args:
@@ -105,32 +106,33 @@ class ViewingAttack:
     def run(
         self,
         model: Any,
-        faces: Tensor,
+        victims: Tensor,
         labels: Any,
         *,
-        seed: int = 0,
-        judge: Any = None,
         aux: Tensor | None = None,
         aux_labels: Any = None,
-    ) -> dict[str, Any]:
-        """Score the views of ``faces`` (identities ``labels``); JSON-friendly dict.
+        seed: int = 0,
+        judge: Any = None,
+    ) -> ViewingReport:
+        """Score the views of ``victims`` (identities ``labels``).
 
-        Keys: ``ssim``, ``psnr``, ``leakage`` and ``rank1`` (see
-        :func:`ppfr.attacks._scoring.score_images`), plus ``attack``, ``method``, ``n`` and
-        ``seed``. ``seed`` seeds the method's per-image randomness and the pairs. ``aux``
-        and ``aux_labels`` (the attacker's own faces) are accepted for a uniform attack API
-        and not needed.
+        The report (:class:`~ppfr.attacks.base.ViewingReport`) has ``ssim``, ``psnr``,
+        ``leakage`` and ``rank1`` (see :func:`ppfr.attacks._scoring.score_images`), plus
+        ``attack``, ``method``, ``n`` and ``seed``. ``seed`` seeds the method's per-image
+        randomness and the pairs. ``aux`` and ``aux_labels`` (the attacker's own faces) are
+        accepted for the uniform attack API (:class:`~ppfr.attacks.base.Attack`) and not
+        needed.
         """
-        labels = check_labels(faces, labels, "viewing attack")
-        views = self.view(model, faces, torch.Generator().manual_seed(int(seed)))
-        scores = score_images(views, faces, labels, seed=seed, judge=judge)
-        return {
-            "attack": self.name,
-            "method": method_name(model),
-            "n": int(len(faces)),
-            "seed": int(seed),
+        labels = check_labels(victims, labels, "viewing attack")
+        views = self.view(model, victims, torch.Generator().manual_seed(int(seed)))
+        scores = score_images(views, victims, labels, seed=seed, judge=judge)
+        return ViewingReport(
+            attack=self.name,
+            method=method_name(model),
+            n=int(len(victims)),
+            seed=int(seed),
             **scores,
-        }
+        )
 
 
 __all__ = ["PSNR_CAP", "ViewingAttack"]

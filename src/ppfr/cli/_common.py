@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ppfr.errors import InputError, PPFRError
+from ppfr.errors import InputError, PPFRError, missing_extra
 
 F = TypeVar("F", bound=Callable)
 console = Console(soft_wrap=True)
@@ -46,7 +46,11 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 def friendly(fn: F) -> F:
-    """Decorator for CLI commands: report :class:`PPFRError` as ``error: ...`` and exit 2."""
+    """Decorator for CLI commands: report :class:`PPFRError` as ``error: ...`` and exit 2.
+
+    A missing module of an optional extra (``ppfr serve`` without ``ppfr[serve]``) is
+    reported the same way, naming the extra to install (:func:`ppfr.errors.missing_extra`).
+    """
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -55,6 +59,13 @@ def friendly(fn: F) -> F:
         except PPFRError as e:
             # escaped: messages quote things like [stages.residue] that are not markup
             err_console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False)
+            raise typer.Exit(2) from None
+        except ImportError as e:
+            # a lean install (no ppfr[serve]): say which extra to install, not a traceback
+            clear = missing_extra(e)
+            if clear is None:
+                raise
+            err_console.print(f"[red]error:[/red] {escape(str(clear))}", highlight=False)
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]

@@ -31,7 +31,8 @@ from ppfr.cli._common import ClientModelOpt, console, friendly
 from ppfr.data.base import FaceDataset
 from ppfr.data.open import open_source
 from ppfr.errors import InputError
-from ppfr.experiments.report import attack_images, save_grid
+from ppfr.experiments.plots import save_grid
+from ppfr.experiments.report import attack_images
 
 ATTACK_HELP = (
     "Attack: viewing, recovery, adaptive, linkage or identity-recovery "
@@ -149,7 +150,8 @@ def attack_cmd(
             f"key recovery: {100 * first['key']['placed']:.1f} % of the tiles placed right "
             f"from the {len(victims)} victims' representations"
         )
-    report = runner.run(method, victims, labels, aux=aux, aux_labels=aux_labels, seed=seed)
+    run = runner.run(method, victims, labels, aux=aux, aux_labels=aux_labels, seed=seed)
+    report = run.to_dict()  # the JSON written below
     report["model"] = str(model)
     report.update({f"{step}_placed": done["placed"] for step, done in first.items()})
     if name == "linkage":

@@ -1,7 +1,7 @@
 """``ppfr bench orl --methods arcface,minusface [--splits 3] [--epochs 1.0] [--out DIR]``:
 every method trained with its CPU preset over several ORL identity splits
 (:func:`ppfr.experiments.bench.run_orl_bench`); ``ppfr bench merge A B C --out DIR``: runs
-made on other splits averaged into one table (:func:`ppfr.experiments.bench.merge_results`)."""
+made on other splits averaged into one table (:func:`ppfr.experiments.merge.merge_results`)."""
 
 from __future__ import annotations
 
@@ -61,13 +61,14 @@ def bench_orl(
     ones. Accuracy, privacy (SSIM, PSNR, judge leakage), bytes sent and client/server costs.
     """
     # deferred: the experiments pull in training, evaluation and every attack
-    from ppfr.experiments import presets
     from ppfr.experiments.bench import run_orl_bench
+    from ppfr.experiments.presets import DemoPresets
 
     names = [m.strip() for m in methods.split(",") if m.strip()]
+    presets = DemoPresets()  # the shipped presets
     # the preset's recovery inverter, with what the options set ({}: no attacks)
     given = {"width": attack_width, "epochs": attack_epochs}
-    inverter = {**presets.DEMO_ATTACK, **{k: v for k, v in given.items() if v is not None}}
+    inverter = {**presets.attack, **{k: v for k, v in given.items() if v is not None}}
     results = run_orl_bench(
         names,
         splits=splits,
@@ -77,6 +78,7 @@ def bench_orl(
         progress=progress,
         attack=inverter if attacks else {},
         log=lambda line: console.print(escape(line), highlight=False),
+        presets=presets,
     )
     _show(results)
     if json_out is not None:
@@ -101,7 +103,8 @@ def bench_merge(
     """Average runs of `ppfr bench orl` made on other splits (side by side, on other machines)
     into one table: mean ± std over every split they cover."""
     # deferred: the experiments pull in training, evaluation and every attack
-    from ppfr.experiments.bench import merge_results, write_bench
+    from ppfr.experiments.bench import write_bench
+    from ppfr.experiments.merge import merge_results
 
     records = []
     for f in files:
@@ -129,24 +132,21 @@ def bench_merge(
 def _show(results: dict) -> None:
     """The bench's summary table on the console."""
     # deferred: as above, the experiments are heavy for `ppfr --help`
-    from ppfr.experiments.bench import bench_rows
+    from ppfr.experiments.tables import BENCH_CONSOLE_COLUMNS, bench_rows
 
     s = results["settings"]
-    headers, rows = bench_rows(results)
+    headers, rows = bench_rows(results, BENCH_CONSOLE_COLUMNS)
     table = Table(
         title=f"ORL open-set verification, {s['splits']} split(s) x {s['test_identities']} "
         f"held-out identities (mean ± std over splits)"
     )
-    short = ["method", "accuracy %", "AUC", "TAR@1e-2 %", "TAR@1e-3 %", "train s"]
-    short += ["protect ms/img", "embed ms/img", "bytes/face"]
-    short += ["viewing leak %", "recovery SSIM", "recovery PSNR", "recovery leak %"]
-    for h in short:
+    for h in headers:
         if h == "method":
             table.add_column(h, no_wrap=True)
         else:  # a narrow terminal wraps "mean ± std" at the space rather than cut it
             table.add_column(h, justify="right", overflow="fold")
     for row in rows:
-        table.add_row(*row[: len(short)])
+        table.add_row(*row)
     print_table(table)
 
 

@@ -33,7 +33,8 @@ def demo_cmd(
     """Train on ORL's training identities, verify and attack held-out ones, write the report."""
     # deferred: the experiments pull in training, evaluation and every attack
     from ppfr.experiments.demo import run_demo
-    from ppfr.experiments.report import summary_rows
+    from ppfr.experiments.presets import DemoPresets
+    from ppfr.experiments.tables import DEMO_CONSOLE_COLUMNS, run_rows, summary_rows
 
     results = run_demo(
         out,
@@ -44,28 +45,14 @@ def demo_cmd(
         attack_width=attack_width,
         attack_epochs=attack_epochs,
         log=console.print,
+        presets=DemoPresets(),  # the shipped presets
     )
     table = Table(title="ORL, held-out identities (open-set verification, 10 folds)")
-    for col in (
-        "method",
-        "accuracy %",
-        "AUC",
-        "train s",
-        "protect ms/img",
-        "embed ms/img",
-        "bytes/face",
-    ):
+    header, rows = run_rows(results, DEMO_CONSOLE_COLUMNS)
+    for col in header:
         table.add_column(col, justify="right")
-    for name, r in results["methods"].items():
-        table.add_row(
-            name,
-            f"{100 * r['accuracy']:.2f} ± {100 * r['std']:.2f}",
-            f"{r['auc']:.4f}",
-            f"{r['train_seconds']:.0f}",
-            f"{r['protect_ms']:.2f}",
-            f"{r['embed_ms']:.2f}",
-            f"{r['bytes_sent']:,}",
-        )
+    for row in rows:
+        table.add_row(*row)
     print_table(table)
     if attacks:
         header, rows = summary_rows(results)

@@ -27,9 +27,14 @@ Per method, every figure is aggregated as mean and population standard deviation
 (``np.std``) over the splits; a figure that some split cannot report (TAR at a FAR finer than
 the impostor pairs allow) aggregates to ``None``.
 
+This module runs the benchmark and writes its files (:func:`write_bench`); the aggregation
+and ``ppfr bench merge`` are in :mod:`ppfr.experiments.merge`, the tables in
+:mod:`ppfr.experiments.tables` and the frontier plot in :mod:`ppfr.experiments.plots`.
+
 Example::
 
-    >>> from ppfr.experiments.bench import run_orl_bench, bench_table
+    >>> from ppfr.experiments.bench import run_orl_bench
+    >>> from ppfr.experiments.tables import bench_table
     >>> res = run_orl_bench(["arcface", "minusface"], out="bench-out")  # doctest: +SKIP
     >>> print(bench_table(res))                                         # doctest: +SKIP
 """
@@ -42,60 +47,33 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 import ppfr
 from ppfr.data.base import FaceDataset
 from ppfr.data.orl import load_orl, split_identities
 from ppfr.errors import InputError
-from ppfr.experiments import demo, presets
+from ppfr.experiments import demo
+from ppfr.experiments.merge import aggregate
+from ppfr.experiments.plots import write_frontier
+from ppfr.experiments.presets import ORL_FARS, TEST_IDENTITIES, DemoPresets, check_methods
+from ppfr.experiments.tables import ATTACK_FIGURES, FIGURES, bench_table
 from ppfr.methods import Method
 from ppfr.train import TrainConfig
 
-#: held-out identities per split, and the extra FARs reported: the demo's
-TEST_IDENTITIES = presets.TEST_IDENTITIES
-BENCH_FARS = presets.ORL_FARS
+#: the extra FARs reported, the demo's (as are the held-out identities, TEST_IDENTITIES)
+BENCH_FARS = ORL_FARS
 #: faces in the batch used to time protect and embed
 TIMING_BATCH = 32
-#: per-split figures aggregated as mean and std
-AGGREGATED = ("accuracy", "auc", "train_seconds", "protect_ms", "embed_ms")
-#: the figures kept of each attack, and the prefix of their per-split keys ("<prefix>_<score>")
-ATTACK_FIGURES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "viewing": ("viewing", ("ssim", "psnr", "leakage", "rank1")),
-    "recovery": ("recovery", ("ssim", "psnr", "leakage", "rank1")),
-    "linkage": ("linkage", ("accuracy", "auc", "rank1", "tar_0.01", "tar_0.001")),
-    "identity-recovery": ("identity", ("ssim", "psnr", "leakage", "rank1")),
-    # what the attacker had to solve first: a keyed order, per-image shuffled tiles
-    "key": ("key", ("placed",)),
-    "tiles": ("tiles", ("placed",)),
-}
-#: attack figures, aggregated when the attacks ran
-ATTACK_SCORES = tuple(f"{p}_{k}" for p, keys in ATTACK_FIGURES.values() for k in keys)
 
 __all__ = [
     "BENCH_FARS",
     "TEST_IDENTITIES",
     "TIMING_BATCH",
-    "bench_rows",
-    "bench_table",
-    "merge_results",
+    "attack_figures",
     "run_orl_bench",
     "write_bench",
 ]
-
-
-def mean_std(values: Sequence[float | None]) -> dict[str, Any]:
-    """``{"mean", "std", "values"}`` over splits; mean and std are None if any value is.
-
-    std is the population standard deviation (``np.std``, ddof=0), as the protocol uses
-    for its folds.
-    """
-    vals = list(values)
-    if not vals or any(v is None for v in vals):
-        return {"mean": None, "std": None, "values": vals}
-    arr = np.asarray(vals, dtype=np.float64)
-    return {"mean": float(arr.mean()), "std": float(arr.std()), "values": [float(v) for v in vals]}
 
 
 def run_orl_bench(
@@ -108,6 +86,7 @@ def run_orl_bench(
     progress: bool = True,
     attack: dict[str, int] | None = None,
     log: Callable[[str], Any] = print,
+    presets: DemoPresets | None = None,
 ) -> dict[str, Any]:
     """Train and score ``methods`` on ``splits`` ORL identity splits (see the module docs).
 
@@ -124,6 +103,9 @@ def run_orl_bench(
         attack: recovery inverter settings ``{"width", "epochs"}`` (the demo's
             :data:`~ppfr.experiments.presets.DEMO_ATTACK` by default); ``{}`` skips the attacks.
         log: receives one line per split and per trained method.
+        presets: the models, epochs and attack settings
+            (:class:`~ppfr.experiments.presets.DemoPresets`; default: the shipped presets,
+            what ``ppfr bench orl`` runs).
 
     Returns:
         A JSON-serialisable dict: ``settings`` (everything needed to rerun it), ``splits``
@@ -137,7 +119,8 @@ def run_orl_bench(
     twice = sorted({m for m in methods if methods.count(m) > 1})
     if twice:
         raise InputError(f"method(s) listed more than once: {', '.join(twice)}")
-    presets.check_methods(methods)
+    presets = presets if presets is not None else DemoPresets()
+    check_methods(methods, presets)
     if int(splits) != splits or splits < 1:
         raise InputError(f"splits must be a positive integer, got {splits}")
     if not epoch_scale > 0:
@@ -149,6 +132,7 @@ def run_orl_bench(
         partial = out / "bench.partial.json"
         results = _run(
             methods, splits, epoch_scale, out / "runs", seed, progress, attack, log, keep=True,
+            presets=presets,
             save=lambda done: partial.write_text(json.dumps(done, indent=2) + "\n"),
         )  # fmt: skip
         write_bench(results, out)
@@ -156,8 +140,9 @@ def run_orl_bench(
         return results
     with tempfile.TemporaryDirectory(prefix="ppfr-bench-") as tmp:
         return _run(
-            methods, splits, epoch_scale, Path(tmp), seed, progress, attack, log, keep=False
-        )
+            methods, splits, epoch_scale, Path(tmp), seed, progress, attack, log, keep=False,
+            presets=presets,
+        )  # fmt: skip
 
 
 def _run(
@@ -170,6 +155,7 @@ def _run(
     attack: dict[str, int] | None,
     log: Callable[[str], Any],
     keep: bool,
+    presets: DemoPresets,
     save: Callable[[dict[str, Any]], Any] | None = None,
 ) -> dict[str, Any]:
     """Every split in turn (:func:`_run_split`), then the summary (:func:`_summarise`).
@@ -178,7 +164,7 @@ def _run(
     far (``{"benchmark", "partial": True, "splits"}``), so a run killed half-way (out of
     memory, out of time) keeps what it measured.
     """
-    attack = dict(presets.DEMO_ATTACK) if attack is None else dict(attack)
+    attack = dict(presets.attack) if attack is None else dict(attack)
     split_seeds = [seed + k for k in range(int(splits))]
     per_split: list[dict[str, Any]] = []
     configs: dict[str, TrainConfig] = {}
@@ -197,13 +183,14 @@ def _run(
             attack=attack,
             log=log,
             keep=keep,
+            presets=presets,
             on_method=None if save is None else progress_of,
         )
         per_split.append(split)
         # the preset settings are the same for every split; seed and folder are not
         for method, cfg in split_configs.items():
             configs.setdefault(method, cfg)
-    return _summarise(methods, seed, split_seeds, epoch_scale, attack, configs, per_split)
+    return _summarise(methods, seed, split_seeds, epoch_scale, attack, configs, per_split, presets)
 
 
 def _run_split(
@@ -217,6 +204,7 @@ def _run_split(
     attack: dict[str, int],
     log: Callable[[str], Any],
     keep: bool,
+    presets: DemoPresets,
     on_method: Callable[[dict[str, Any]], Any] | None = None,
 ) -> tuple[dict[str, Any], dict[str, TrainConfig]]:
     """One identity split with seed ``s``: every method trained, scored and attacked.
@@ -236,14 +224,21 @@ def _run_split(
     recognizer = None
     for method in demo.attacker_first(methods):
         model, cfg, r = _train_and_score(
-            method, train_set, test_set, runs, s, epoch_scale=epoch_scale, progress=progress
+            method,
+            train_set,
+            test_set,
+            runs,
+            s,
+            epoch_scale=epoch_scale,
+            progress=progress,
+            presets=presets,
         )
         if method == "arcface":  # the attacker's recognizer for the identity attacks
             recognizer = model
         scores = None
         if attack:
             scores = _attack(
-                model, train_set, test_set, s, attack, recognizer, epoch_scale, progress
+                model, train_set, test_set, s, attack, recognizer, epoch_scale, progress, presets
             )
             r.update(attack_figures(scores))
         r["device"] = str(model.device)
@@ -273,10 +268,17 @@ def _train_and_score(
     *,
     epoch_scale: float,
     progress: bool,
+    presets: DemoPresets,
 ) -> tuple[Method, TrainConfig, dict[str, Any]]:
     """Train ``method``'s preset with seed ``s``; its verification figures and costs."""
     model, cfg, train_s = demo.train_preset(
-        method, train_set, runs, epoch_scale=epoch_scale, seed=s, progress=progress
+        method,
+        train_set,
+        runs,
+        epoch_scale=epoch_scale,
+        seed=s,
+        progress=progress,
+        presets=presets,
     )
     r = demo.score_model(
         model,
@@ -299,6 +301,7 @@ def _attack(
     recognizer: Method | None,
     epoch_scale: float,
     progress: bool,
+    presets: DemoPresets,
 ) -> dict[str, dict[str, Any]]:
     """The demo's attacks on the held-out faces; the attacker owns the training faces."""
     scores, _ = demo.attack_model(
@@ -309,6 +312,7 @@ def _attack(
         progress=progress,
         recognizer=recognizer,
         epoch_scale=epoch_scale,
+        presets=presets,
         **attack,
     )
     return scores
@@ -318,7 +322,8 @@ def _method_line(method: str, r: dict[str, Any], scores: dict[str, Any] | None) 
     """The log line of one trained method."""
     line = (
         f"  {method}: accuracy {100 * r['accuracy']:.2f} ± {100 * r['std']:.2f} % "
-        f"({r['pairs']} pairs), AUC {_num(r['auc'], 4)}, trained in {r['train_seconds']:.0f} s"
+        f"({r['pairs']} pairs), AUC {FIGURES['auc'].number(r['auc'])}, "
+        f"trained in {r['train_seconds']:.0f} s"
     )
     return line + (f"; {demo.attack_summary(scores)}" if scores is not None else "")
 
@@ -331,13 +336,16 @@ def _summarise(
     attack: dict[str, int],
     configs: dict[str, TrainConfig],
     per_split: list[dict[str, Any]],
+    presets: DemoPresets,
 ) -> dict[str, Any]:
     """The benchmark's record: settings, every split, and per method mean ± std."""
     return {
         "benchmark": "orl",
-        "settings": _settings(methods, seed, split_seeds, epoch_scale, attack, configs, per_split),
+        "settings": _settings(
+            methods, seed, split_seeds, epoch_scale, attack, configs, per_split, presets
+        ),
         "splits": per_split,
-        "methods": {m: _aggregate([sp["methods"][m] for sp in per_split]) for m in methods},
+        "methods": {m: aggregate([sp["methods"][m] for sp in per_split]) for m in methods},
     }
 
 
@@ -349,6 +357,7 @@ def _settings(
     attack: dict[str, int],
     configs: dict[str, TrainConfig],
     per_split: list[dict[str, Any]],
+    presets: DemoPresets,
 ) -> dict[str, Any]:
     """Everything needed to rerun the benchmark, and where it ran."""
     recognizer_note = (
@@ -356,8 +365,8 @@ def _settings(
         if "arcface" in methods
         else "an arcface trained on the attacker's faces for each method"
     )
-    linkage = {**presets.DEMO_LINKAGE, "recognizer": recognizer_note}
-    identity = {**presets.DEMO_IDENTITY, "recognizer": recognizer_note}
+    linkage = {**presets.linkage, "recognizer": recognizer_note}
+    identity = {**presets.identity, "recognizer": recognizer_note}
     return {
         "methods": methods,
         "splits": len(split_seeds),
@@ -406,121 +415,6 @@ def attack_figures(scores: dict[str, dict[str, Any]]) -> dict[str, float | None]
     return out
 
 
-def _aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    # an attack figure is aggregated where every split has it (older runs may lack one)
-    keys = AGGREGATED + tuple(k for k in ATTACK_SCORES if all(k in r for r in rows))
-    agg: dict[str, Any] = {key: mean_std([r[key] for r in rows]) for key in keys}
-    fars = list(dict.fromkeys(f for r in rows for f in r["tar_at_far"]))
-    agg["tar_at_far"] = {f: mean_std([r["tar_at_far"].get(f) for r in rows]) for f in fars}
-    agg["pairs"] = rows[0]["pairs"]
-    # fixed by the method's config, identical in every split
-    agg["bytes_sent"] = rows[0]["bytes_sent"]
-    agg["splits"] = len(rows)
-    return agg
-
-
-#: settings that must agree for splits to be averaged together
-MERGE_MUST_AGREE = ("benchmark", "epoch_scale", "test_identities", "attack", "aligned")
-
-
-def merge_results(
-    results: Sequence[dict[str, Any]], methods: Sequence[str] | None = None
-) -> dict[str, Any]:
-    """One benchmark record from several runs of :func:`run_orl_bench` on other splits
-    (run side by side, on other machines, or on other days), averaged as if one run.
-
-    Splits are keyed by their seed; a seed in several runs contributes the union of their
-    methods. Where two runs measured the same method on the same seed the first is kept
-    and the other is listed in ``settings["merged"]["duplicates"]`` with both accuracies,
-    so a disagreement is visible (ArcFace trained twice on one thread count should agree).
-
-    Args:
-        results: records as :func:`run_orl_bench` returns them (``bench.json`` contents).
-        methods: the methods to keep (default: every method found, in order of first
-            appearance); each must have figures on every split.
-
-    Raises:
-        InputError: no records, a record that is not an ORL benchmark, settings that
-            differ (:data:`MERGE_MUST_AGREE`), or a method missing on some split.
-    """
-    records = list(results)
-    if not records:
-        raise InputError("merge: no benchmark records given")
-    for i, r in enumerate(records):
-        if not isinstance(r, dict) or r.get("benchmark") != "orl" or "splits" not in r:
-            raise InputError(f"merge: record {i + 1} is not an ORL bench.json")
-    first = records[0]["settings"]
-    for i, r in enumerate(records[1:], start=2):
-        for key in MERGE_MUST_AGREE:
-            a = records[0].get(key) if key == "benchmark" else first.get(key)
-            b = r.get(key) if key == "benchmark" else r["settings"].get(key)
-            if a != b:
-                raise InputError(f"merge: record {i} has {key}={b!r}, record 1 has {a!r}")
-    by_seed: dict[int, dict[str, Any]] = {}
-    duplicates: list[dict[str, Any]] = []
-    found: list[str] = []
-    for r in records:
-        for split in r["splits"]:
-            into = by_seed.setdefault(
-                int(split["seed"]),
-                {k: v for k, v in split.items() if k != "methods"} | {"methods": {}},
-            )
-            for m, fig in split["methods"].items():
-                if m not in found:
-                    found.append(m)
-                if m in into["methods"]:
-                    duplicates.append(
-                        {
-                            "seed": int(split["seed"]),
-                            "method": m,
-                            "kept_accuracy": into["methods"][m]["accuracy"],
-                            "dropped_accuracy": fig["accuracy"],
-                        }
-                    )
-                else:
-                    into["methods"][m] = fig
-    keep = list(methods) if methods is not None else found
-    seeds = sorted(by_seed)
-    for m in keep:
-        missing = [s for s in seeds if m not in by_seed[s]["methods"]]
-        if missing:
-            raise InputError(
-                f"merge: {m} has no figures on split seed(s) {missing}; merge runs that "
-                "cover the same methods, or keep only the others (methods=...)"
-            )
-    per_split = [
-        {**by_seed[s], "methods": {m: by_seed[s]["methods"][m] for m in keep}} for s in seeds
-    ]
-    presets_used: dict[str, Any] = {}
-    for r in records:
-        for m, cfg in (r["settings"].get("presets") or {}).items():
-            presets_used.setdefault(m, cfg)
-    settings = {
-        **first,
-        "methods": keep,
-        "splits": len(seeds),
-        "seed": seeds[0],
-        "split_seeds": seeds,
-        "presets": {m: presets_used[m] for m in keep if m in presets_used},
-        "merged": {
-            "from": [
-                {
-                    k: r["settings"].get(k)
-                    for k in ("split_seeds", "methods", "threads", "ppfr", "torch", "device")
-                }
-                for r in records
-            ],
-            "duplicates": duplicates,
-        },
-    }
-    return {
-        "benchmark": "orl",
-        "settings": settings,
-        "splits": per_split,
-        "methods": {m: _aggregate([sp["methods"][m] for sp in per_split]) for m in keep},
-    }
-
-
 def write_bench(results: dict[str, Any], out: str | Path) -> Path:
     """``bench.json``, ``bench.md`` and (with attack figures) ``frontier.png`` in ``out``."""
     out = Path(out)
@@ -529,164 +423,3 @@ def write_bench(results: dict[str, Any], out: str | Path) -> Path:
     (out / "bench.md").write_text(bench_table(results))
     write_frontier(results, out / "frontier.png")
     return out
-
-
-# ---------------------------------------------------------------------------------------
-# tables
-
-
-def _num(x: float | None, digits: int, scale: float = 1.0) -> str:
-    return "n/a" if x is None else f"{scale * x:.{digits}f}"
-
-
-def _pm(stat: dict[str, Any], digits: int, scale: float = 1.0) -> str:
-    if stat["mean"] is None:
-        return "n/a"
-    return f"{_num(stat['mean'], digits, scale)} ± {_num(stat['std'], digits, scale)}"
-
-
-def bench_rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """Column headers and one row of formatted cells per method (mean ± std over splits)."""
-    headers = [
-        "method",
-        "accuracy (%)",
-        "AUC",
-        "TAR@FAR=1e-2 (%)",
-        "TAR@FAR=1e-3 (%)",
-        "training (s)",
-        "protect (ms/img)",
-        "embed (ms/img)",
-        "bytes sent / face",
-        "viewing leakage (%)",
-        "recovery SSIM",
-        "recovery PSNR (dB)",
-        "recovery leakage (%)",
-        "linkage AUC",
-        "linkage rank-1 (%)",
-        "identity-guided rank-1 (%)",
-        "identity-guided leakage (%)",
-    ]
-    none = {"mean": None, "std": None}
-    rows = []
-    for name, r in results["methods"].items():
-        tars = r["tar_at_far"]
-        rows.append(
-            [
-                name,
-                _pm(r["accuracy"], 2, 100),
-                _pm(r["auc"], 4),
-                _pm(tars.get("0.01", none), 1, 100),
-                _pm(tars.get("0.001", none), 1, 100),
-                _pm(r["train_seconds"], 0),
-                _pm(r["protect_ms"], 2),
-                _pm(r["embed_ms"], 2),
-                f"{r['bytes_sent']:,}",
-                _pm(r.get("viewing_leakage", none), 1, 100),
-                _pm(r.get("recovery_ssim", none), 3),
-                _pm(r.get("recovery_psnr", none), 2),
-                _pm(r.get("recovery_leakage", none), 1, 100),
-                _pm(r.get("linkage_auc", none), 3),
-                _pm(r.get("linkage_rank1", none), 1, 100),
-                _pm(r.get("identity_rank1", none), 1, 100),
-                _pm(r.get("identity_leakage", none), 1, 100),
-            ]
-        )
-    return headers, rows
-
-
-#: the frontier plot's panels: (figure key, y-axis label, chance level)
-FRONTIER_PANELS = (
-    ("linkage_auc", "linkage AUC", 0.5),
-    ("recovery_rank1", "recovery rank-1 (%)", None),
-    ("identity_rank1", "identity-guided rank-1 (%)", None),
-)
-
-
-def write_frontier(results: dict[str, Any], path: str | Path) -> Path | None:
-    """Plot every method's accuracy against each attack of :data:`FRONTIER_PANELS`
-    (mean ± std over splits) to ``path`` (PNG); None when no attack figure is there.
-
-    Rank-1 chance is one over the held-out identities (``settings["test_identities"]``).
-    """
-    from ppfr.experiments.report import _matplotlib  # deferred: matplotlib is heavy
-
-    methods = results["methods"]
-    panels = [p for p in FRONTIER_PANELS if any(p[0] in r for r in methods.values())]
-    if not panels:
-        return None
-    plt = _matplotlib()
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.8), squeeze=False)
-    chance_rank1 = 100.0 / results["settings"]["test_identities"]
-    for ax, (key, label, chance) in zip(axes[0], panels, strict=True):
-        scale = 100.0 if key.endswith("rank1") else 1.0
-        shown = [
-            (name, r["accuracy"], r[key])
-            for name, r in methods.items()
-            if r.get(key) and r[key]["mean"] is not None
-        ]
-        points = [(100 * acc["mean"], scale * stat["mean"]) for _, acc, stat in shown]
-        for (_, acc, stat), xy in zip(shown, points, strict=True):
-            ax.errorbar(
-                *xy, xerr=100 * (acc["std"] or 0.0), yerr=scale * (stat["std"] or 0.0),
-                fmt="o", capsize=3,
-            )  # fmt: skip
-        for group in _label_groups(points):
-            if len(group) == 1:
-                ax.annotate(shown[group[0]][0], points[group[0]], textcoords="offset points",
-                            xytext=(5, 4), fontsize=8)  # fmt: skip
-            else:  # one label, left of the cluster, for points that coincide
-                x = min(points[i][0] - 100 * (shown[i][1]["std"] or 0.0) for i in group)
-                ax.annotate(", ".join(shown[i][0] for i in group), (x, points[group[0]][1]),
-                            textcoords="offset points", xytext=(-6, 0), ha="right",
-                            va="center", fontsize=8)  # fmt: skip
-        level = chance if chance is not None else chance_rank1
-        ax.axhline(level, color="grey", lw=0.8, ls="--")
-        ax.set_xlabel("verification accuracy % (held-out ORL)")
-        ax.set_ylabel(f"{label}, chance dashed")
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def _label_groups(points: list[tuple[float, float]]) -> list[list[int]]:
-    """Indices of ``points`` grouped under one label: each point joins the first earlier
-    point within 3 % of the panel's span on both axes, so the names of methods that
-    coincide on the plot (several at 100 % rank-1) are listed together instead of printed
-    over each other."""
-    if not points:
-        return []
-    xs, ys = zip(*points, strict=True)
-    near_x = 0.03 * max(max(xs) - min(xs), 1e-9)
-    near_y = 0.03 * max(max(ys) - min(ys), 1e-9)
-    groups: list[list[int]] = []
-    for i, (x, y) in enumerate(points):
-        for g in groups:
-            x0, y0 = points[g[0]]
-            if abs(x0 - x) <= near_x and abs(y0 - y) <= near_y:
-                g.append(i)
-                break
-        else:
-            groups.append([i])
-    return groups
-
-
-def bench_table(results: dict[str, Any]) -> str:
-    """Markdown table of :func:`run_orl_bench` results, with a one-line caption."""
-    s = results["settings"]
-    headers, rows = bench_rows(results)
-    caption = (
-        f"ORL open-set verification, {s['splits']} identity split(s) (seeds "
-        f"{', '.join(map(str, s['split_seeds']))}) x {s['test_identities']} held-out "
-        f"identities, epoch scale {s['epoch_scale']:g}, {s['device']}; mean ± std over splits."
-    )
-    lines = [
-        caption,
-        "",
-        "| " + " | ".join(headers) + " |",
-        "|" + "---|" * len(headers),
-        *("| " + " | ".join(row) + " |" for row in rows),
-    ]
-    return "\n".join(lines) + "\n"

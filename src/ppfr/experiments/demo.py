@@ -30,8 +30,15 @@ from ppfr.data.base import FaceDataset
 from ppfr.data.orl import load_orl, split_identities
 from ppfr.eval.openset import evaluate_open_set, time_per_image
 from ppfr.eval.verification import DEFAULT_FARS
-from ppfr.experiments import presets
+from ppfr.experiments.presets import (
+    ORL_FARS,
+    TEST_IDENTITIES,
+    DemoPresets,
+    check_methods,
+    demo_config,
+)
 from ppfr.experiments.report import attack_images, write_report
+from ppfr.experiments.tables import results_table
 from ppfr.methods import Method
 from ppfr.train import TrainConfig, Trainer
 
@@ -51,14 +58,16 @@ def train_preset(
     epoch_scale: float = 1.0,
     seed: int = 0,
     progress: bool = True,
+    presets: DemoPresets | None = None,
 ) -> tuple[Method, TrainConfig, float]:
     """Train ``method`` on ``train_set`` with its preset
-    (:func:`~ppfr.experiments.presets.demo_config`).
+    (:func:`~ppfr.experiments.presets.demo_config`; ``presets`` defaults to the shipped
+    :class:`~ppfr.experiments.presets.DemoPresets`).
 
     The run goes to ``runs/<method>`` (its bundle in ``runs/<method>/model``). Returns the
     trained model, the config it ran and the wall-clock training seconds.
     """
-    cfg = presets.demo_config(method, runs, epoch_scale, seed)
+    cfg = demo_config(method, runs, epoch_scale, seed, presets)
     t0 = time.perf_counter()
     torch.manual_seed(seed)
     model = Trainer(cfg, dataset=train_set, progress=progress).fit()
@@ -124,6 +133,7 @@ def run_demo(
     attack_width: int | None = None,
     attack_epochs: int | None = None,
     log=print,
+    presets: DemoPresets | None = None,
 ) -> dict[str, Any]:
     """Train, evaluate and attack ``methods``; write the results and the report into ``out``.
 
@@ -131,15 +141,20 @@ def run_demo(
     grids, plot) and ``results.md`` (the accuracy and cost table). ``attacks=False`` skips
     the attacks (and the report's privacy columns). ArcFace, when listed, trains first: it is
     the attacker's recognizer for the identity attacks. The recovery inverter has
-    ``attack_width`` (default ``presets.DEMO_ATTACK``'s; 64 is the published full-size
-    network) and trains ``attack_epochs`` (default ``presets.DEMO_ATTACK``'s, scaled by
+    ``attack_width`` (default ``presets.attack``'s; 64 is the published full-size
+    network) and trains ``attack_epochs`` (default ``presets.attack``'s, scaled by
     ``epoch_scale``).
+
+    ``presets`` holds the models, epochs and attack settings
+    (:class:`~ppfr.experiments.presets.DemoPresets`; default: the shipped presets, what
+    ``ppfr demo`` runs).
     """
-    presets.check_methods(methods)
+    presets = presets if presets is not None else DemoPresets()
+    check_methods(methods, presets)
     t_start = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    train_ids, test_ids = split_identities(presets.TEST_IDENTITIES, seed)
+    train_ids, test_ids = split_identities(TEST_IDENTITIES, seed)
     train_set, test_set = load_orl(train_ids, aligned=True), load_orl(test_ids, aligned=True)
     log(
         f"ORL: {len(train_ids)} training identities ({len(train_set)} images), "
@@ -154,11 +169,17 @@ def run_demo(
     for method in attacker_first(methods):
         log(f"training {method} ...")
         model, cfg, train_s = train_preset(
-            method, train_set, out / "runs", epoch_scale=epoch_scale, seed=seed, progress=progress
+            method,
+            train_set,
+            out / "runs",
+            epoch_scale=epoch_scale,
+            seed=seed,
+            progress=progress,
+            presets=presets,
         )
         if method == "arcface":  # the attacker's own recognizer for the identity attacks
             recognizer = model
-        r = score_model(model, test_set, seed=seed, progress=progress, extra_fars=presets.ORL_FARS)
+        r = score_model(model, test_set, seed=seed, progress=progress, extra_fars=ORL_FARS)
         results["methods"][method] = {
             **r,
             "train_seconds": train_s,
@@ -176,10 +197,11 @@ def run_demo(
                 test_set,
                 seed=seed,
                 width=attack_width,
-                epochs=attack_epochs or max(1, round(presets.DEMO_ATTACK["epochs"] * epoch_scale)),
+                epochs=attack_epochs or max(1, round(presets.attack["epochs"] * epoch_scale)),
                 progress=progress,
                 recognizer=recognizer,
                 epoch_scale=epoch_scale,
+                presets=presets,
             )
             results["methods"][method]["attacks"] = scores
             results["methods"][method]["attack_seconds"] = time.perf_counter() - t_attack
@@ -204,13 +226,15 @@ def attack_model(
     recognizer: Any = None,
     identity: bool = True,
     epoch_scale: float = 1.0,
+    presets: DemoPresets | None = None,
 ) -> tuple[dict[str, Any], list[torch.Tensor]]:
     """Viewing, recovery, linkage and identity-guided recovery attacks on ``victim_set``.
 
     The attacker owns ``aux_set`` (faces and identities). The recovery inverter has
-    ``width`` and trains ``epochs`` (default: ``presets.DEMO_ATTACK``). The identity
-    attacks (``identity=False`` skips them) use ``presets.DEMO_LINKAGE`` and
-    ``presets.DEMO_IDENTITY``, their epochs scaled by ``epoch_scale``, and the attacker's
+    ``width`` and trains ``epochs`` (default: ``presets.attack``). The identity
+    attacks (``identity=False`` skips them) use ``presets.linkage`` and
+    ``presets.identity`` (``presets``: :class:`~ppfr.experiments.presets.DemoPresets`,
+    default the shipped ones), their epochs scaled by ``epoch_scale``, and the attacker's
     ``recognizer`` (the run's
     unprotected ArcFace; None trains one on ``aux_set``). Returns the scores per attack and
     the image rows (originals, views, reconstructions, identity-guided reconstructions) of
@@ -221,19 +245,21 @@ def attack_model(
     victims' representations (:func:`ppfr.attacks.keys.recover_order`; its share of tiles
     placed right is ``scores["key"]``).
     """
+    presets = presets if presets is not None else DemoPresets()
     victims, labels, aux = victim_set.stack(), np.asarray(victim_set.labels), aux_set.stack()
     aux_labels = np.asarray(aux_set.labels)
     viewing = create_attack("viewing")
     recovery = create_attack(
         "recovery",
-        width=width or presets.DEMO_ATTACK["width"],
-        epochs=epochs or presets.DEMO_ATTACK["epochs"],
+        width=width or presets.attack["width"],
+        epochs=epochs or presets.attack["epochs"],
         progress=progress,
     )
-    scores = {"viewing": viewing.run(model, victims, labels, seed=seed)}
+    # every attack's report as the JSON the report stores (AttackReport.to_dict)
+    scores = {"viewing": viewing.run(model, victims, labels, seed=seed).to_dict()}
     target, first = attacker_view(model, aux, victims, seed=seed, progress=progress)
     scores.update(first)
-    scores["recovery"] = recovery.run(target, victims, labels, aux=aux, seed=seed)
+    scores["recovery"] = recovery.run(target, victims, labels, aux=aux, seed=seed).to_dict()
     _, first = np.unique(labels, return_index=True)
     pick = sorted(first.tolist())[:GRID_PEOPLE]
     rows = [
@@ -249,16 +275,18 @@ def attack_model(
             return {**preset, "epochs": max(1, round(preset["epochs"] * epoch_scale))}
 
         linkage = create_attack(
-            "linkage", recognizer=recognizer, progress=progress, **scaled(presets.DEMO_LINKAGE)
+            "linkage", recognizer=recognizer, progress=progress, **scaled(presets.linkage)
         )
         guided = create_attack(
             "identity-recovery",
             recognizer=recognizer,
             progress=progress,
-            **scaled(presets.DEMO_IDENTITY),
+            **scaled(presets.identity),
         )
-        scores["linkage"] = linkage.run(target, victims, labels, aux=aux, seed=seed)
-        scores["identity-recovery"] = guided.run(target, victims, labels, aux=aux, seed=seed)
+        scores["linkage"] = linkage.run(target, victims, labels, aux=aux, seed=seed).to_dict()
+        scores["identity-recovery"] = guided.run(
+            target, victims, labels, aux=aux, seed=seed
+        ).to_dict()
         rows.append(attack_images(guided, target, victims[pick], seed=seed))
     return scores, rows
 
@@ -311,20 +339,3 @@ def attack_summary(scores: dict[str, Any]) -> str:
             f"identity-guided leakage {100 * ig['leakage']:.1f} %, rank-1 {100 * ig['rank1']:.1f} %"
         )
     return "; ".join(parts)
-
-
-def results_table(results: dict[str, Any]) -> str:
-    lines = [
-        "| method | verification accuracy (%) | AUC | TAR@FAR=1e-2 | training (s) "
-        "| protect (ms/img) | embed (ms/img) | bytes sent / face |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for name, r in results["methods"].items():
-        tar = r["tar_at_far"].get("0.01")
-        tar_s = f"{100 * tar:.1f}" if tar is not None else "n/a"
-        lines.append(
-            f"| {name} | {100 * r['accuracy']:.2f} ± {100 * r['std']:.2f} | {r['auc']:.4f} "
-            f"| {tar_s} | {r['train_seconds']:.0f} | {r['protect_ms']:.2f} | {r['embed_ms']:.2f} "
-            f"| {r['bytes_sent']:,} |"
-        )
-    return "\n".join(lines) + "\n"

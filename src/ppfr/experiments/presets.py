@@ -10,6 +10,7 @@ Measured results of the presets are in ``docs/results.md``.
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +48,8 @@ DEMO_MODELS: dict[str, dict[str, Any]] = {
     # the paper's channels (192 -> 162 -> 81) and fractal depth 2
     "fracface": {"backbone": "ir18", "backbone_width": 0.25},
 }
-#: presets of hardened MinusFace (docs/privacy.md, "Hiding where the residue is"): the demo
-#: preset plus one defence of the residue's spatial outline each
+#: presets of hardened MinusFace (the method ``minusface-hardened``; docs/privacy.md, "Hiding
+#: where the residue is"): the demo preset plus one defence of the residue's spatial outline each
 DEMO_MODELS["minusface-equalised"] = {**DEMO_MODELS["minusface"], "equalise": True}
 DEMO_MODELS["minusface-equalised-post"] = {
     **DEMO_MODELS["minusface"],
@@ -62,9 +63,9 @@ DEMO_MODELS["minusface-tiles"] = {**DEMO_MODELS["minusface"], "tile_grid": 2}
 DEMO_MODELS["fracface-keyed"] = {**DEMO_MODELS["fracface"], "key": 20261201}
 #: the registered method behind a preset whose name is not a method's
 PRESET_METHODS: dict[str, str] = {
-    "minusface-equalised": "minusface",
-    "minusface-equalised-post": "minusface",
-    "minusface-tiles": "minusface",
+    "minusface-equalised": "minusface-hardened",
+    "minusface-equalised-post": "minusface-hardened",
+    "minusface-tiles": "minusface-hardened",
     "fracface-keyed": "fracface",
 }
 DEMO_EPOCHS: dict[str, dict[str, int]] = {
@@ -93,6 +94,30 @@ DEMO_LINKAGE: dict[str, Any] = {"epochs": 6}
 #: identity term
 DEMO_IDENTITY: dict[str, Any] = {"width": 8, "epochs": 6, "identity_weight": 0.5}
 
+
+@dataclass(frozen=True)
+class DemoPresets:
+    """The presets one demo or benchmark run trains and attacks with.
+
+    Each field defaults to the module's preset of the same role, read when the object is
+    made (``DemoPresets()`` is the shipped presets); a test or an experiment passes smaller
+    or changed ones instead of editing the module's dicts.
+
+    Attributes:
+        models: method (preset name) -> model settings (:data:`DEMO_MODELS`).
+        epochs: method -> epochs per training stage (:data:`DEMO_EPOCHS`).
+        attack: the recovery inverter, ``{"width", "epochs"}`` (:data:`DEMO_ATTACK`).
+        linkage: the linkage attack's settings (:data:`DEMO_LINKAGE`).
+        identity: the identity-guided recovery's settings (:data:`DEMO_IDENTITY`).
+    """
+
+    models: dict[str, dict[str, Any]] = field(default_factory=lambda: DEMO_MODELS)
+    epochs: dict[str, dict[str, int]] = field(default_factory=lambda: DEMO_EPOCHS)
+    attack: dict[str, int] = field(default_factory=lambda: DEMO_ATTACK)
+    linkage: dict[str, Any] = field(default_factory=lambda: DEMO_LINKAGE)
+    identity: dict[str, Any] = field(default_factory=lambda: DEMO_IDENTITY)
+
+
 #: what the preset's config file says about itself, above the settings
 _TOML_HEADER = """\
 # The `ppfr demo` preset of {method} as a config file: CPU-sized, on the bundled ORL faces.
@@ -102,14 +127,22 @@ _TOML_HEADER = """\
 """
 
 
-def demo_config(method: str, out: Path, epoch_scale: float = 1.0, seed: int = 0) -> TrainConfig:
+def demo_config(
+    method: str,
+    out: Path,
+    epoch_scale: float = 1.0,
+    seed: int = 0,
+    presets: DemoPresets | None = None,
+) -> TrainConfig:
     """The training config of ``method``'s preset, its run in ``out/<method>``.
 
     Every stage trains its :data:`DEMO_EPOCHS` times ``epoch_scale`` (at least one epoch),
-    with one learning-rate step at three quarters of them.
+    with one learning-rate step at three quarters of them. ``presets`` (default: the
+    shipped :class:`DemoPresets`) gives the model settings and epochs.
     """
+    presets = presets if presets is not None else DemoPresets()
     stages = {}
-    for name, e in DEMO_EPOCHS[method].items():
+    for name, e in presets.epochs[method].items():
         epochs = max(1, round(e * epoch_scale))
         stages[name] = {"epochs": epochs, "milestones": [max(1, round(epochs * 0.75))]}
     return TrainConfig.from_dict(
@@ -117,7 +150,7 @@ def demo_config(method: str, out: Path, epoch_scale: float = 1.0, seed: int = 0)
             "method": preset_method(method),
             "out": str(out / method),
             "seed": seed,
-            "model": DEMO_MODELS[method],
+            "model": presets.models[method],
             "data": {"source": "orl", "test_identities": TEST_IDENTITIES, "split_seed": seed},
             "optim": {"batch_size": 16, "lr": 0.05, "weight_decay": 5e-4},
             "stages": stages,
@@ -126,15 +159,16 @@ def demo_config(method: str, out: Path, epoch_scale: float = 1.0, seed: int = 0)
 
 
 def preset_method(preset: str) -> str:
-    """The registered method a preset trains (``minusface-equalised``: ``minusface``)."""
+    """The registered method a preset trains (``minusface-equalised``: ``minusface-hardened``)."""
     return PRESET_METHODS.get(preset, preset)
 
 
-def check_methods(methods: tuple[str, ...] | list[str]) -> None:
-    """Refuse methods without a CPU preset in :data:`DEMO_MODELS`."""
-    unknown = [m for m in methods if m not in DEMO_MODELS]
+def check_methods(methods: tuple[str, ...] | list[str], presets: DemoPresets | None = None) -> None:
+    """Refuse methods without a CPU preset in :data:`DEMO_MODELS` (or ``presets.models``)."""
+    models = (presets if presets is not None else DemoPresets()).models
+    unknown = [m for m in methods if m not in models]
     if unknown:
-        raise InputError(f"no demo preset for {unknown}; demo methods: {', '.join(DEMO_MODELS)}")
+        raise InputError(f"no demo preset for {unknown}; demo methods: {', '.join(models)}")
 
 
 def preset_config_name(method: str) -> str:

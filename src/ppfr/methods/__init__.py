@@ -17,6 +17,7 @@ from ppfr.methods import (  # noqa: F401
     duetface,
     fracface,
     minusface,
+    minusface_hardened,
     partialface,
 )
 from ppfr.methods._registry import (

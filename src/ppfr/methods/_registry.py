@@ -14,7 +14,8 @@ from typing import Any
 
 from ppfr._registry import Registry
 from ppfr.errors import InputError
-from ppfr.methods.base import PARTS, Method, read_manifest
+from ppfr.methods._bundle import PARTS, read_manifest
+from ppfr.methods.base import Method
 
 METHODS: Registry[type[Method]] = Registry("method")
 
@@ -55,6 +56,14 @@ def create(method: str, *, parts: tuple[str, ...] = PARTS, **config: Any) -> Met
     return cls(cfg, parts=parts)
 
 
+def bundle_method(manifest: dict[str, Any]) -> tuple[type[Method], dict[str, Any]]:
+    """The registered method and the settings a bundle's manifest loads as: the method it
+    names, unless that method maps the bundle to another (:meth:`Method.bundle_settings`;
+    a "minusface" bundle saved with hardening options loads as ``minusface-hardened``)."""
+    name, settings = METHODS.get(manifest["method"]).bundle_settings(manifest.get("config", {}))
+    return METHODS.get(name), settings
+
+
 def load(
     directory: str | os.PathLike, part: str | None = None, map_location: str = "cpu"
 ) -> Method:
@@ -69,8 +78,8 @@ def load(
     if part is not None and part not in PARTS:
         raise InputError(f"part must be one of {PARTS}, got {part!r}")
     wanted = [part] if part else available
-    cls = METHODS.get(manifest["method"])
-    config = make_config(cls.name, **manifest.get("config", {}))
+    cls, settings = bundle_method(manifest)
+    config = make_config(cls.name, **settings)
     model = cls(config, parts=tuple(wanted))
     model.load_weights(directory, wanted, manifest)
     model.manifest = manifest

@@ -11,16 +11,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from ppfr.methods._builders import Recognition, RecognizerConfig, build_recognizer
 from ppfr.methods._registry import register_method
-from ppfr.methods.base import (
-    Method,
-    Recognition,
-    RecognizerConfig,
-    RecognizerStep,
-    Stage,
-    build_head,
-    build_recognizer,
-)
+from ppfr.methods._steps import RecognizerStep, Stage
+from ppfr.methods.base import Client, Method
 
 
 @dataclass
@@ -28,7 +22,7 @@ class ArcFaceConfig(RecognizerConfig):
     pass
 
 
-class FaceAsIs(nn.Module):
+class FaceAsIs(Client):
     """The client of no protection: it sends the face itself (and holds no weights)."""
 
     def protect(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -46,9 +40,6 @@ class ArcFace(Method):
 
     def build_server(self) -> nn.Module:
         return Recognition(build_recognizer(self.config, 3))
-
-    def build_train(self) -> nn.Module:
-        return nn.ModuleDict({"head": build_head(self.config)})
 
     @property
     def representation_shape(self) -> tuple[int, ...]:

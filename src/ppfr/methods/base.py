@@ -1,99 +1,61 @@
-"""The interface every method implements, and its bundle format.
+"""The interface every method implements.
 
 A method is an :class:`nn.Module` split into three parts, each its own weights file:
 
-- ``client``: what runs on the user's device; its ``protect(x, generator)`` turns aligned
-  faces in [-1, 1] into the protected representation that leaves the device
-  (:meth:`Method.protect` checks the faces and calls it).
+- ``client``: what runs on the user's device, a :class:`Client`; its
+  ``protect(x, generator)`` turns aligned faces in [-1, 1] into the protected representation
+  that leaves the device (:meth:`Method.protect` checks the faces and calls it).
 - ``server``: what the recognition service runs; called on a protected representation it
-  returns the recognizer's embedding, scaling its input first (:class:`Recognition`'s
-  ``input``), and :meth:`Method.embed` checks the representation and L2-normalises.
+  returns the recognizer's embedding, scaling its input first
+  (:class:`~ppfr.methods._builders.Recognition`'s ``input``), and :meth:`Method.embed`
+  checks the representation and L2-normalises.
 - ``train``: what only training needs (margin heads, auxiliary recognizers). It rides in
   training checkpoints and never in a deployed bundle.
 
-A bundle directory holds ``ppfr.toml`` (method, config, and per part its file and
-SHA-256 fingerprint) and ``<part>.safetensors`` for each part saved. A client bundle
-therefore carries no recognizer weights and a server bundle no generator weights.
+The pieces around the contract live beside it, one concern a module: the bundle format
+(:mod:`ppfr.methods._bundle`), the input checks (:mod:`ppfr.methods._checks`), the
+recognizer and its head (:mod:`ppfr.methods._builders`) and the training stages and steps
+(:mod:`ppfr.methods._steps`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import math
 import os
-import tempfile
-import tomllib
 from abc import ABCMeta, abstractmethod
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-import tomli_w
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from ppfr.errors import CheckpointError, InputError
-from ppfr.nets import create_backbone, create_head
+from ppfr.errors import InputError
+from ppfr.methods._builders import build_head
+from ppfr.methods._bundle import PARTS, load_into, load_part_state, read_manifest, write_bundle
+from ppfr.methods._checks import check_faces, check_representation
+from ppfr.methods._steps import Stage
 
-PARTS = ("client", "server", "train")
-BUNDLE_FORMAT = 1
-MANIFEST = "ppfr.toml"
 
+class Client(nn.Module, metaclass=ABCMeta):
+    """The device side of a method: ``protect`` makes the representation that is sent.
 
-@dataclass
-class Stage:
-    """One training stage of a method.
-
-    ``module(x, y)`` returns ``(loss, logs)``; the engine wraps it in DDP when distributed.
-    ``param_groups`` are ``{"params": [...], "lr_scale": float}``, optionally with a
-    ``"weight_decay"`` that replaces the run's for that group (DCTDP's noise budgets take
-    none); ``frozen`` modules are kept in eval mode; each epoch passes over the data
-    ``repeats`` times. ``begin(dataset, flip)``, when given, runs before the stage's first
-    epoch (also when a run resumes into the stage), after ``frozen`` is frozen, with the
-    training dataset and whether batches are mirrored: a step whose client is frozen can
-    precompute per-image work there (MinusFace's stage 2).
+    Calling the client protects with fresh randomness (``forward(x) = protect(x)``); a
+    client whose forward pass returns something else (DuetFace's, the sent parts before
+    packing) overrides ``forward``.
     """
 
-    name: str
-    module: nn.Module
-    param_groups: list[dict[str, Any]]
-    frozen: list[nn.Module] = field(default_factory=list)
-    repeats: int = 1
-    begin: Callable[[Any, bool], None] | None = None
+    @abstractmethod
+    def protect(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Faces (B, 3, 112, 112) in [-1, 1] -> the protected representation.
 
+        ``generator`` draws the per-image, per-call randomness of methods that have some.
+        """
 
-def check_faces(x: Any, what: str = "protect") -> Tensor:
-    """Validate a batch of aligned faces: float (B, 3, 112, 112) in [-1, 1]."""
-    if not isinstance(x, Tensor):
-        raise InputError(f"{what}: expected a torch.Tensor of faces, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise InputError(
-            f"{what}: expected float faces in [-1, 1], got {x.dtype} "
-            "(convert uint8 images with ppfr.data.images.to_tensor)"
-        )
-    if x.ndim != 4 or x.shape[1:] != (3, 112, 112):
-        raise InputError(f"{what}: expected faces of shape (B, 3, 112, 112), got {tuple(x.shape)}")
-    check_range(x, -1.0, 1.0, what)
-    return x
-
-
-def check_range(x: Tensor, lo: float, hi: float, what: str) -> None:
-    if x.numel() == 0:
-        return
-    vmin, vmax = torch.aminmax(x.detach())
-    if not (torch.isfinite(vmin) and torch.isfinite(vmax)):
-        raise InputError(f"{what}: input contains NaN or infinite values")
-    tol = 1e-3 * (hi - lo)
-    if vmin < lo - tol or vmax > hi + tol:
-        raise InputError(
-            f"{what}: values must be in [{lo:g}, {hi:g}], "
-            f"got [{float(vmin):.4g}, {float(vmax):.4g}]"
-        )
+    def forward(self, x: Tensor) -> Tensor:
+        return self.protect(x)
 
 
 class Method(nn.Module, metaclass=ABCMeta):
@@ -130,9 +92,12 @@ class Method(nn.Module, metaclass=ABCMeta):
     def build_server(self) -> nn.Module:
         """The modules the recognition service runs."""
 
-    @abstractmethod
     def build_train(self) -> nn.Module:
-        """Training-only modules (heads, auxiliary recognizers); needs ``num_classes``."""
+        """Training-only modules (heads, auxiliary recognizers); needs ``num_classes``.
+
+        By default the server's margin head alone, under the key ``head``.
+        """
+        return nn.ModuleDict({"head": build_head(self.config)})
 
     @abstractmethod
     def stages(self) -> list[Stage]:
@@ -147,6 +112,17 @@ class Method(nn.Module, metaclass=ABCMeta):
     #: unbounded (noise, scaled or raw coefficients): ``embed`` then checks only that
     #: the values are finite
     representation_range: ClassVar[tuple[float, float] | None] = (0.0, 1.0)
+    #: how a representation's values are arranged, said when one has the wrong shape
+    #: (empty: maps of ``representation_shape``, nothing to add)
+    representation_layout: ClassVar[str] = ""
+
+    @classmethod
+    def bundle_settings(cls, settings: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """The registered method and settings that a bundle of this method, whose manifest
+        holds ``settings``, is loaded as (``ppfr.load``). By default: this method, the
+        settings as they are; a method whose settings moved to another method maps the
+        bundles saved before the move (MinusFace's hardening options)."""
+        return cls.name, settings
 
     # ---- the API: the parts do the work
     def protect(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -220,22 +196,17 @@ class Method(nn.Module, metaclass=ABCMeta):
             )
         return module
 
-    def check_representation(self, p: Any) -> Tensor:
-        if not isinstance(p, Tensor) or not p.is_floating_point():
-            got = p.dtype if isinstance(p, Tensor) else type(p).__name__
-            raise InputError(f"embed: expected a float tensor, got {got}")
-        want = self.representation_shape
-        if p.ndim != len(want) + 1 or tuple(p.shape[1:]) != want:
-            raise InputError(
-                f"embed: {self.name} expects representations of shape "
-                f"(B, {', '.join(map(str, want))}), "
-                f"got {tuple(p.shape)}"
-            )
-        if self.representation_range is None:
-            check_range(p, -math.inf, math.inf, "embed")
-        else:
-            check_range(p, *self.representation_range, "embed")
-        return p
+    def check_representation(self, p: Any, what: str = "embed") -> Tensor:
+        """``p`` if it is a batch of this method's representations, else an InputError
+        (:func:`ppfr.methods._checks.check_representation`)."""
+        return check_representation(
+            p,
+            self.name,
+            tuple(self.representation_shape),
+            self.representation_range,
+            what,
+            self.representation_layout,
+        )
 
     @property
     def device(self) -> torch.device:
@@ -245,11 +216,15 @@ class Method(nn.Module, metaclass=ABCMeta):
 
     def fingerprint(self, part: str = "client") -> str:
         """SHA-256 of a part's weights and config: names the model behind a representation."""
-        h = hashlib.sha256(f"{self.name}:{self.config_dict()}".encode())
+        h = hashlib.sha256(self._fingerprint_key().encode())
         for key, t in sorted(self._part(part).state_dict().items()):
             h.update(key.encode())
             h.update(t.detach().cpu().contiguous().numpy().tobytes())
         return h.hexdigest()
+
+    def _fingerprint_key(self) -> str:
+        """What a fingerprint hashes before the weights: the method and its config."""
+        return f"{self.name}:{self.config_dict()}"
 
     def load_weights(
         self, directory: str | os.PathLike, parts: Iterable[str], manifest: dict | None = None
@@ -262,196 +237,31 @@ class Method(nn.Module, metaclass=ABCMeta):
             load_into(self._part(part), state, f"{directory}/{part}")
 
     def config_dict(self) -> dict[str, Any]:
+        """The config as bundles write it (``ppfr.toml``) and fingerprints hash it."""
         return dataclasses.asdict(self.config)
 
     def save(self, directory: str | os.PathLike, parts: Iterable[str] | None = None) -> Path:
-        """Write a bundle: ``ppfr.toml`` plus one safetensors file per part.
+        """Write a bundle (:mod:`ppfr.methods._bundle`): ``ppfr.toml`` plus one safetensors
+        file per part.
 
         By default the client and server parts are saved (the training part only goes in
         training checkpoints). Files are written to a temporary name and renamed, so an
         interrupted save never leaves a half-written file under the final name.
         """
         parts = tuple(parts) if parts is not None else tuple(p for p in self.parts if p != "train")
-        out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
-        manifest: dict[str, Any] = {
-            "format": BUNDLE_FORMAT,
-            "method": self.name,
-            "ppfr_version": _version(),
-            "config": _toml_safe(self.config_dict()),
-            "parts": {},
-        }
         # hash each part once; the client's also goes in the manifest's top level, so a
         # server-only bundle can recognise representations made by its client
         fingerprints = {p: self.fingerprint(p) for p in {*parts, "client"} if p in self.parts}
-        if "client" in fingerprints:
-            manifest["client_fingerprint"] = fingerprints["client"]
-        for part in parts:
-            module = self._part(part)
-            state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-            fname = f"{part}.safetensors"
-            _atomic(out / fname, lambda p, s=state: save_file(s, str(p)))
-            manifest["parts"][part] = {"file": fname, "fingerprint": fingerprints[part]}
-        _atomic(out / MANIFEST, lambda p: p.write_bytes(tomli_w.dumps(manifest).encode()))
-        return out
-
-
-def _version() -> str:
-    # read when a bundle is saved: at module level it would close an import cycle
-    from ppfr import __version__  # deferred: ppfr/__init__.py imports this module
-
-    return __version__
-
-
-def _toml_safe(d: dict[str, Any]) -> dict[str, Any]:
-    # TOML has no null: drop None values (dataclass defaults restore them on load)
-    return {k: _toml_safe(v) if isinstance(v, dict) else v for k, v in d.items() if v is not None}
-
-
-def _atomic(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
-    path = Path(directory) / MANIFEST
-    if not Path(directory).is_dir():
-        raise CheckpointError(f"{directory}: no such model directory")
-    if not path.is_file():
-        raise CheckpointError(f"{directory}: not a ppfr model bundle ({MANIFEST} is missing)")
-    try:
-        manifest = tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: corrupt manifest ({e})") from None
-    for key in ("format", "method", "parts"):
-        if key not in manifest:
-            raise CheckpointError(f"{path}: manifest has no {key!r} entry")
-    if manifest["format"] > BUNDLE_FORMAT:
-        raise CheckpointError(
-            f"{path}: bundle format {manifest['format']} is newer than this ppfr supports"
+        states = {
+            part: {
+                k: v.detach().cpu().contiguous() for k, v in self._part(part).state_dict().items()
+            }
+            for part in parts
+        }
+        return write_bundle(
+            directory,
+            method=self.name,
+            config=self.config_dict(),
+            states=states,
+            fingerprints=fingerprints,
         )
-    return manifest
-
-
-def load_part_state(directory: Path, manifest: dict[str, Any], part: str) -> dict[str, Tensor]:
-    entry = manifest["parts"].get(part)
-    if entry is None:
-        raise CheckpointError(
-            f"{directory}: bundle has no {part} part (it has: {', '.join(manifest['parts'])})"
-        )
-    path = directory / entry["file"]
-    if not path.is_file():
-        raise CheckpointError(f"{path}: weights file is missing")
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: corrupt weights file ({e})") from None
-
-
-def load_into(module: nn.Module, state: dict[str, Tensor], where: str) -> None:
-    try:
-        module.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        first = str(e).splitlines()[0]
-        raise CheckpointError(f"{where}: weights do not match the model config ({first})") from None
-
-
-@dataclass
-class RecognizerConfig:
-    """Settings every method shares: the server's recognizer and its training head."""
-
-    backbone: str = "ir18"
-    backbone_width: float = 1.0
-    embedding_size: int = 512
-    dropout: float = 0.0
-    head: str = "arcface"
-    #: training identities; only training needs it (it sizes the margin head)
-    num_classes: int = 0
-
-
-def build_recognizer(cfg: RecognizerConfig, in_channels: int) -> nn.Module:
-    return create_backbone(
-        cfg.backbone,
-        in_channels=in_channels,
-        embedding_size=cfg.embedding_size,
-        width=cfg.backbone_width,
-        dropout=cfg.dropout,
-    )
-
-
-def build_head(cfg: RecognizerConfig) -> nn.Module:
-    return create_head(cfg.head, embedding_size=cfg.embedding_size, num_classes=cfg.num_classes)
-
-
-class Rescale(nn.Module):
-    """A network's input scaling: ``(x - shift) / divisor`` (no weights).
-
-    Brings a representation to inputs of order one: MinusFace's X_p in [0, 1] to [-1, 1]
-    (``shift = divisor = 0.5``), DuetFace's high channels divided by ``high_coef_scale``.
-    """
-
-    def __init__(self, divisor: float = 1.0, shift: float = 0.0) -> None:
-        super().__init__()
-        self.divisor, self.shift = float(divisor), float(shift)
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.shift:
-            x = x - self.shift
-        return x / self.divisor if self.divisor != 1.0 else x
-
-    def extra_repr(self) -> str:
-        return f"divisor={self.divisor:g}, shift={self.shift:g}"
-
-
-class Recognition(nn.ModuleDict):
-    """The server part of a method whose server is one recognizer: ``recognizer(input(p))``.
-
-    ``input`` is the scaling the recognizer was trained with (:class:`Rescale`, or a module
-    with weights of its own such as DCTDP's sensitivities; none: the representation as it
-    is). Keys ``input`` and ``recognizer`` name the weights in bundles.
-    """
-
-    def __init__(self, recognizer: nn.Module, input_scale: nn.Module | None = None) -> None:
-        scale = nn.Identity() if input_scale is None else input_scale
-        super().__init__({"input": scale, "recognizer": recognizer})
-
-    def forward(self, p: Tensor) -> Tensor:
-        return self["recognizer"](self["input"](p))
-
-
-class RecognizerStep(nn.Module):
-    """Training step "recognizer + margin head on inputs made by ``prepare``".
-
-    ``prepare`` runs without gradients (it is the frozen client side).
-    """
-
-    def __init__(self, prepare, recognizer: nn.Module, head: nn.Module) -> None:
-        super().__init__()
-        self.prepare = prepare
-        self.recognizer = recognizer
-        self.head = head
-
-    def forward(self, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, float]]:
-        with torch.no_grad():
-            inputs = self.prepare(x)
-        loss = self.head(self.recognizer(inputs), y)
-        return loss, {"id": float(loss.detach())}
-
-
-class JointStep(nn.Module):
-    """Training step "client, recognizer and margin head on one loss": gradients reach the
-    client's weights through its ``protect`` (DCTDP's noise budgets, FracFace's refining)."""
-
-    def __init__(self, client: nn.Module, server: nn.Module, head: nn.Module) -> None:
-        super().__init__()
-        self.client, self.server, self.head = client, server, head
-
-    def forward(self, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, float]]:
-        loss = self.head(self.server(self.client.protect(x)), y)
-        return loss, {"id": float(loss.detach())}

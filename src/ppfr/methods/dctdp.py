@@ -74,17 +74,11 @@ from torch import Tensor, nn
 
 from ppfr import freq
 from ppfr.errors import InputError
+from ppfr.methods._builders import Recognition, RecognizerConfig, build_recognizer
+from ppfr.methods._checks import check_faces
 from ppfr.methods._registry import register_method
-from ppfr.methods.base import (
-    JointStep,
-    Method,
-    Recognition,
-    RecognizerConfig,
-    Stage,
-    build_head,
-    build_recognizer,
-    check_faces,
-)
+from ppfr.methods._steps import JointStep, Stage
+from ppfr.methods.base import Client, Method
 
 #: the 189 channels DCTDP keeps: all but the DC coefficient of each colour
 KEPT_CHANNELS = tuple(c for c in range(freq.NUM_CHANNELS) if c % 64 != 0)
@@ -138,7 +132,7 @@ def laplace(shape: tuple[int, ...], generator: torch.Generator | None, like: Ten
     return (torch.sign(v) * magnitude).to(like.device)
 
 
-class DCTDPClient(nn.Module):
+class DCTDPClient(Client):
     """The device side: ``e`` without DC, the learned budget split and offset, the noise."""
 
     def __init__(self, cfg: DCTDPConfig) -> None:
@@ -191,9 +185,6 @@ class DCTDPClient(nn.Module):
     def offset(self) -> Tensor:
         """The learned noise offset in coefficient units: mu_i * sensitivity_i."""
         return self.mu * self.sensitivity[:, None, None]
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.protect(x)
 
     @torch.no_grad()
     def estimate_sensitivity(
@@ -256,9 +247,6 @@ class DCTDP(Method):
     def build_server(self) -> nn.Module:
         return Recognition(build_recognizer(self.config, NUM_KEPT), InputScale())
 
-    def build_train(self) -> nn.Module:
-        return nn.ModuleDict({"head": build_head(self.config)})
-
     @property
     def representation_shape(self) -> tuple[int, ...]:
         return (NUM_KEPT, freq.SIZE, freq.SIZE)
@@ -291,9 +279,7 @@ class DCTDP(Method):
         Shape:
             - p: :math:`(N, 189, 112, 112)`; output: :math:`(N, 3, 112, 112)` in [0, 1]
         """
-        f = p.new_zeros(len(p), freq.NUM_CHANNELS, freq.SIZE, freq.SIZE)
-        f[:, list(KEPT_CHANNELS)] = p
-        return freq.decode(f)
+        return freq.decode_channels(p, KEPT_CHANNELS)
 
     def inversion_input(self, p: Tensor) -> Tensor:
         """What a recovery attack's inverter reads: each channel / its sensitivity.

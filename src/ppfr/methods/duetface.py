@@ -74,15 +74,10 @@ from torch import Tensor, nn
 
 from ppfr import freq
 from ppfr.errors import InputError
+from ppfr.methods._builders import RecognizerConfig, Rescale, build_head, build_recognizer
 from ppfr.methods._registry import register_method
-from ppfr.methods.base import (
-    Method,
-    RecognizerConfig,
-    Rescale,
-    Stage,
-    build_head,
-    build_recognizer,
-)
+from ppfr.methods._steps import Stage
+from ppfr.methods.base import Client, Method
 from ppfr.nets import create_backbone, create_head
 from ppfr.nets.iresnet import DEPTHS, IResNet
 from ppfr.nets.mobilefacenet import feature_shapes
@@ -211,8 +206,12 @@ class Interaction(nn.Module):
 
 
 # --------------------------------------------------------------------------- the two sides
-class DuetFaceClient(nn.Module):
-    """The device side: ``e``, the channel split, and the MobileFaceNet on the low part."""
+class DuetFaceClient(Client):
+    """The device side: ``e``, the channel split, and the MobileFaceNet on the low part.
+
+    Called, it returns the parts it sends (the high channels and the four maps);
+    :meth:`protect` packs them into the one row that is sent.
+    """
 
     def __init__(self, cfg: DuetFaceConfig) -> None:
         super().__init__()
@@ -326,6 +325,7 @@ class DuetFace(Method):
     Config = DuetFaceConfig
     #: raw DCT coefficients and feature maps: any finite value
     representation_range = None
+    representation_layout = "high channels and client feature maps packed as in DuetFace.layout"
 
     def build_client(self) -> nn.Module:
         return DuetFaceClient(self.config)
@@ -377,21 +377,6 @@ class DuetFace(Method):
         """Bytes the client sends per face (float32)."""
         return 4 * self.representation_shape[0]
 
-    def _check_packed(self, p: object, what: str) -> Tensor:
-        if not isinstance(p, Tensor) or not p.is_floating_point():
-            got = p.dtype if isinstance(p, Tensor) else type(p).__name__
-            raise InputError(f"{what}: expected a float tensor, got {got}")
-        (total,) = self.representation_shape
-        if p.ndim != 2 or p.shape[1] != total:
-            raise InputError(
-                f"{what}: duetface expects representations of shape (B, {total}) "
-                f"(high channels and client feature maps packed as in DuetFace.layout), "
-                f"got {tuple(p.shape)}"
-            )
-        if p.numel() and not bool(torch.isfinite(p).all()):
-            raise InputError(f"{what}: input contains NaN or infinite values")
-        return p
-
     def pack(self, high: Tensor, maps: list[Tensor]) -> Tensor:
         """High channels (B, 162, 112, 112) and the four maps -> (B, total) rows."""
         return pack(high, maps)
@@ -403,7 +388,7 @@ class DuetFace(Method):
             - p: :math:`(B, T)` with ``T = representation_shape[0]``
             - output: :math:`(B, 162, 112, 112)` and the shapes of ``client_feature_shapes``
         """
-        p = self._check_packed(p, what)
+        p = self.check_representation(p, what)
         parts = [
             p[:, offset : offset + math.prod(shape)].view(len(p), *shape)
             for _, offset, shape in self.layout
@@ -422,9 +407,7 @@ class DuetFace(Method):
         """What the sent coefficients look like: ``d`` of the 162 high channels with the 30
         low channels set to zero (a mid-grey image with faint edges), (B, 3, 112, 112)."""
         high, _ = self.unpack(p, "view")
-        full = high.new_zeros(len(high), freq.NUM_CHANNELS, freq.SIZE, freq.SIZE)
-        full[:, list(HIGH_CHANNELS)] = high
-        return freq.decode(full)
+        return freq.decode_channels(high, HIGH_CHANNELS)
 
     def inversion_input(self, p: Tensor) -> Tensor:
         """The high channels as the server's network sees them (divided by ``high_coef_scale``):

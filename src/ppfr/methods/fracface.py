@@ -44,16 +44,10 @@ from torch import Tensor, nn
 
 from ppfr import freq, remap
 from ppfr.errors import InputError
+from ppfr.methods._builders import Recognition, RecognizerConfig, build_recognizer
 from ppfr.methods._registry import register_method
-from ppfr.methods.base import (
-    JointStep,
-    Method,
-    Recognition,
-    RecognizerConfig,
-    Stage,
-    build_head,
-    build_recognizer,
-)
+from ppfr.methods._steps import JointStep, Stage
+from ppfr.methods.base import Client, Method
 
 
 @dataclass
@@ -97,7 +91,7 @@ class FracFaceConfig(RecognizerConfig):
         return remap.fractal_order(self.depth)
 
 
-class FracFaceClient(nn.Module):
+class FracFaceClient(Client):
     """The device side: encode, drop the low frequencies, refine, remap."""
 
     def __init__(self, cfg: FracFaceConfig) -> None:
@@ -122,9 +116,6 @@ class FracFaceClient(nn.Module):
         """(B, refined_channels, 112, 112), tiles in the client's order (no randomness)."""
         return remap.remap_tiles(self.refined(x), self.order, self.grid)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.protect(x)
-
 
 @register_method
 class FracFace(Method):
@@ -137,9 +128,6 @@ class FracFace(Method):
 
     def build_server(self) -> nn.Module:
         return Recognition(build_recognizer(self.config, self.config.refined_channels))
-
-    def build_train(self) -> nn.Module:
-        return nn.ModuleDict({"head": build_head(self.config)})
 
     @property
     def representation_shape(self) -> tuple[int, ...]:

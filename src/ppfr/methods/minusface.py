@@ -11,11 +11,7 @@ and keeps the **residue** :math:`r = x - x'`: what the generator could not rebui
           + 1\,\mathrm{ArcFace}(f(r), y)
 
 The L1 term makes :math:`g` regenerate the face; the identity term makes the residue keep
-what identifies the person. The generator learns at half the recognizer's rate. The L1 term
-reads :math:`d` after its clamp to [0, 1], so a residue large enough to saturate a block gets
-no gradient back from it, and at the demo budget stage 1 learns such spikes;
-``pixel_clamp=False`` reads it before the clamp (docs/privacy.md, "Repairing stage 1", has
-what that and other stage-1 variants did).
+what identifies the person. The generator learns at half the recognizer's rate.
 
 **Protection.** The residue channels are put in a random order :math:`\theta` (one of 192!
 orders), drawn anew for every image and every call, then decoded:
@@ -48,23 +44,16 @@ face out of it. With a plain U-Net and a CPU-sized budget, the regeneration stay
 the residue keeps the face's low frequencies, and the recovery attack reconstructs faces
 from :math:`X_p` (docs/results.md).
 
-**Hardening options** (ours; docs/privacy.md, "Hiding where the residue is"). The shuffle
-leaves every position where it was, so where the residue has energy traces the face.
-``equalise`` scales each position's 192 values to one root mean square before the shuffle
-(in stage 1 too unless ``equalise_stage1`` is off); ``tile_grid`` puts the tiles of
-:math:`X_p` in a fresh random order per image and call (:mod:`ppfr.remap`; decode is
-position-local, so this moves the residue's positions). Neither kept recognition at the demo
-budget (docs/results.md); both are off by default. ``adversary_weight`` trains an inverter
-in stage 1 to rebuild the face from :math:`X_p` and the generator against it (a reversed
-gradient, :func:`reverse_gradient`): at the demo budget it removed the outline and met the
-privacy targets on one split, at a large cost in accuracy (docs/privacy.md, "Repairing
-stage 1", with the other stage-1 variants: ``pixel_clamp``, ``stage1_reads``).
+The hardening options we tried on top of the paper's method (equalising the residue,
+shuffling tiles of :math:`X_p`, an adversary in stage 1, other stage-1 variants) are the
+method ``minusface-hardened`` (:mod:`ppfr.methods.minusface_hardened`); none kept
+recognition at the demo budget (docs/privacy.md).
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -72,20 +61,20 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from ppfr import freq, remap
+from ppfr import freq
 from ppfr.errors import InputError
-from ppfr.methods._registry import register_method
-from ppfr.methods.base import (
-    Method,
+from ppfr.methods._builders import (
     Recognition,
     RecognizerConfig,
-    RecognizerStep,
     Rescale,
-    Stage,
     build_head,
     build_recognizer,
-    check_faces,
 )
+from ppfr.methods._checks import check_faces
+from ppfr.methods._minusface_bundles import bundle_layout, read_settings
+from ppfr.methods._registry import register_method
+from ppfr.methods._steps import RecognizerStep, Stage
+from ppfr.methods.base import Client, Method
 from ppfr.nets import create_generator
 from ppfr.nets.unet import UNet
 from ppfr.remap import random_orders
@@ -104,40 +93,16 @@ class MinusFaceConfig(RecognizerConfig):
     shuffles: int = 1
     #: r: shuffles of every training image per stage-2 epoch
     train_repeats: int = 3
+    #: stage 1's loss: pixel_weight * L1(X, 2 d(x') - 1) + identity_weight * ArcFace(f(r))
     pixel_weight: float = 5.0
     identity_weight: float = 1.0
-    #: stage 1's pixel loss compares the face with d(x') after d's clamp to [0, 1] (True);
-    #: False compares before it, so a residue that saturates a block still gets a gradient
-    #: back. Unclamped, the demo-budget residue died out instead (docs/privacy.md,
-    #: "Repairing stage 1")
-    pixel_clamp: bool = True
-    #: what stage 1's recognizer reads. "residue" (the paper): a separate recognizer f reads
-    #: the 192-channel residue, and stage 2 trains f_p from scratch. "protected" (ours):
-    #: stage 1 trains f_p itself on X_p as protect makes it (shuffled and decoded, before
-    #: the clamp), so the generator learns to put identity where the shuffle keeps it;
-    #: stage 2 goes on training f_p, with its head, on the real X_p
-    stage1_reads: str = "residue"
-    #: hardening (docs/privacy.md, "Repairing stage 1"): an inverter trained in stage 1 to
-    #: rebuild the face from X_p, the generator trained against it through a reversed
-    #: gradient, with this weight (0: off; then no inverter is built)
-    adversary_weight: float = 0.0
-    adversary_width: int = 8
+    #: the generator's learning rate relative to the recognizer's (the paper: half)
     generator_lr_scale: float = 0.5
+    #: f and g see the frequency coefficients divided by this
     coef_scale: float = 128.0
     #: g(x) = x + U(x) with U's output layer initialised small, so g starts near the
     #: identity and the residue near zero (see the module docstring); False: g = U
     generator_skip: bool = True
-    #: hardening (docs/privacy.md, "Hiding where the residue is"): scale every position's
-    #: 192 residue values to the same root mean square ``equalise_rms`` (coefficient units),
-    #: so the residue's energy no longer traces the face's outline
-    equalise: bool = False
-    equalise_rms: float = 24.0
-    #: whether stage 1's recognizer f reads the equalised residue too (False: only protect
-    #: equalises, so stage 1 trains as plain MinusFace and f_p learns the equalised X_p)
-    equalise_stage1: bool = True
-    #: hardening: cut X_p into ``tile_grid`` x ``tile_grid`` tiles and put them in a fresh
-    #: random order per image and call (0: off; the grid must divide 112)
-    tile_grid: int = 0
     #: stage 2 keeps the frozen generator's last features of every training image (and
     #: of its mirror) when they fit in this many MiB, so an epoch only shuffles and decodes
     #: (:class:`FeatureCache`); 0 turns it off. Training-time only: protect never uses it
@@ -146,24 +111,9 @@ class MinusFaceConfig(RecognizerConfig):
     def __post_init__(self) -> None:
         if self.shuffles < 1 or self.train_repeats < 1:
             raise InputError("shuffles and train_repeats must be at least 1")
-        if self.stage1_reads not in ("residue", "protected"):
-            raise InputError(
-                f"stage1_reads must be 'residue' or 'protected', got {self.stage1_reads!r}"
-            )
-        if self.equalise_rms <= 0:
-            raise InputError(f"equalise_rms must be positive, got {self.equalise_rms}")
-        if self.adversary_weight < 0 or self.adversary_width < 1:
-            raise InputError(
-                f"adversary_weight must be at least 0 and adversary_width at least 1, got "
-                f"{self.adversary_weight} and {self.adversary_width}"
-            )
         if self.feature_cache_mb < 0:
             raise InputError(
                 f"feature_cache_mb must be 0 (off) or more, got {self.feature_cache_mb}"
-            )
-        if self.tile_grid < 0 or (self.tile_grid and freq.SIZE % self.tile_grid):
-            raise InputError(
-                f"tile_grid must be 0 (off) or divide {freq.SIZE}, got {self.tile_grid}"
             )
 
 
@@ -186,21 +136,7 @@ def shuffle_channels(r: Tensor, generator: torch.Generator | None = None) -> Ten
     return r.reshape(b * c, -1).index_select(0, flat).view_as(r)
 
 
-def equalise_scale(power: Tensor, rms: float) -> Tensor:
-    r"""The gain that brings a position of mean square ``power`` to root mean square ``rms``:
-    :math:`s = \mathrm{rms} / \sqrt{\mathrm{power} + (0.02\,\mathrm{rms})^2}`.
-
-    The floor keeps the gain (and its gradient) bounded where the residue is near zero; such
-    positions are lifted fifty-fold, not to ``rms``.
-
-    Example:
-        >>> float(equalise_scale(torch.tensor(4.0), 24.0)) > 11.9
-        True
-    """
-    return rms * torch.rsqrt(power.clamp_min(0) + (0.02 * rms) ** 2)
-
-
-class MinusFaceClient(nn.Module):
+class MinusFaceClient(Client):
     """The device side: ``g``, and with ``e`` and ``d`` the residue and its protection."""
 
     #: let protect compose the transform with the U-Net's first and last layers when it
@@ -218,9 +154,6 @@ class MinusFaceClient(nn.Module):
             input_scale=cfg.coef_scale,
         )
         self.skip = cfg.generator_skip
-        self.equalise = cfg.equalise
-        self.equalise_rms = cfg.equalise_rms
-        self.tile_grid = cfg.tile_grid
         if self.skip:  # start near the identity: a small, not zero, residue (a zero one
             # gives the recognizer all-zero features, whose normalisation has no gradient)
             out = self.generator.out
@@ -242,21 +175,6 @@ class MinusFaceClient(nn.Module):
         # with the skip, x' = x + U(x): the residue is -U(x), without cancellation error
         return -u if self.skip else f - u
 
-    def equalised(self, r: Tensor) -> Tensor:
-        """The residue as protect shuffles it: with ``equalise``, every position scaled to the
-        root mean square ``equalise_rms`` (:func:`equalise_scale`); else ``r`` itself."""
-        if not self.equalise:
-            return r
-        return r * equalise_scale(r.square().mean(1, keepdim=True), self.equalise_rms)
-
-    def remap(self, p: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """With ``tile_grid``, the tiles of ``p`` in a fresh random order per image (decode is
-        position-local, so moving tiles of X_p moves the residue's); else ``p`` itself."""
-        if not self.tile_grid:
-            return p
-        order = remap.random_tile_orders(len(p), self.tile_grid, generator, p.device)
-        return remap.remap_tiles(p, order, self.tile_grid)
-
     def protect(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """X_p = d(shuffle(r)): (B, 3n, 112, 112) in [0, 1], a fresh shuffle per image and call."""
         step = self._faces_per_pass()
@@ -264,22 +182,26 @@ class MinusFaceClient(nn.Module):
             return torch.cat([self.protect(part, generator) for part in x.split(step)])
         if self._composed():
             return self.protect_hidden(self.hidden(x), generator)
-        return self.send(self.equalised(self.residue(x)), generator)
+        return self.send(self.residue(x), generator)
 
     def send(
         self, r: Tensor, generator: torch.Generator | None = None, *, clamp: bool = True
     ) -> Tensor:
-        """X_p from a residue ``r`` as protect treats it (already equalised): ``shuffles``
-        views, each shuffled and decoded, their tiles moved, stacked. ``clamp=False`` skips
-        the decode's clamp (stage 1 trains through it).
+        """X_p from a residue ``r``: ``shuffles`` views, each shuffled and decoded, stacked.
 
         Shape:
             r :math:`(B, 192, 112, 112)` -> :math:`(B, 3n, 112, 112)`
         """
-        views = [
+        return torch.cat(self.views(r, generator, clamp=clamp), dim=1)
+
+    def views(
+        self, r: Tensor, generator: torch.Generator | None = None, *, clamp: bool = True
+    ) -> list[Tensor]:
+        """The ``shuffles`` protected images of a residue, each its own shuffle, decoded
+        (``clamp=False``: without the decode's clamp)."""
+        return [
             freq.decode(shuffle_channels(r, generator), clamp=clamp) for _ in range(self.shuffles)
         ]
-        return torch.cat([self.remap(v, generator) for v in views], dim=1)
 
     def _faces_per_pass(self) -> int:
         """Faces per pass of the generator: its largest activation (the skip concatenation at
@@ -316,23 +238,24 @@ class MinusFaceClient(nn.Module):
     def protect_hidden(self, h: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """X_p from the U-Net's last features (:meth:`hidden`): what protect sends, for the
         same draws of ``generator``, up to float rounding."""
-        return torch.cat([self.remap(v, generator) for v in self._decode_hidden(h, generator)], 1)
+        return torch.cat(self._decode_hidden(h, generator), 1)
 
-    def _decode_hidden(self, h: Tensor, generator: torch.Generator | None) -> list[Tensor]:
-        """The protected views without the 192-channel tensors: the output layer, negated
-        and with its rows in the shuffled order, goes straight to pixels through
-        ``freq.decode_linear``. Equal to the plain path up to float rounding
-        (``tests/methods/test_minusface.py``), for the same draws of ``generator``."""
+    def output_layer(self) -> tuple[Tensor, Tensor]:
+        """The residue as an affine map of the U-Net's last features h: ``(W, b)`` with
+        :math:`r = W h + b` at every position (the output layer times ``-input_scale``)."""
         g = self.generator
         scale = -g.input_scale  # r = -U = -(out(h)) * input_scale
-        weight = g.out.weight.flatten(1) * scale
-        bias = g.out.bias * scale
-        gain = None
-        if self.equalise:  # |r|^2 per position from h: r = W h + b, a shuffle keeps |r|
-            gram, wb = weight.T @ weight, weight.T @ bias
-            power = torch.einsum("bihw,ij,bjhw->bhw", h, gram, h)
-            power = power + 2 * torch.einsum("bjhw,j->bhw", h, wb) + bias.square().sum()
-            gain = equalise_scale(power.unsqueeze(1) / freq.NUM_CHANNELS, self.equalise_rms)
+        return g.out.weight.flatten(1) * scale, g.out.bias * scale
+
+    def _decode_hidden(
+        self, h: Tensor, generator: torch.Generator | None, gain: Tensor | None = None
+    ) -> list[Tensor]:
+        """The protected views without the 192-channel tensors: the output layer, negated
+        and with its rows in the shuffled order, goes straight to pixels through
+        ``freq.decode_linear`` (``gain``: a per-position factor of the residue). Equal to the
+        plain path up to float rounding (``tests/methods/test_minusface.py``), for the same
+        draws of ``generator``."""
+        weight, bias = self.output_layer()
         views = []
         for _ in range(self.shuffles):
             order = random_orders(h.shape[0], freq.NUM_CHANNELS, generator, h.device)
@@ -352,9 +275,6 @@ class MinusFaceClient(nn.Module):
                 cached = (key, kernel.to(x.device, x.dtype))
             self._stem_cache = cached
         return cached[1]
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.protect(x)
 
 
 class FeatureCache:
@@ -430,78 +350,22 @@ def _digest(face: Tensor) -> bytes:
 
 
 class _Stage1(nn.Module):
+    """Stage 1: the generator g and the recognizer f on the residue, on one loss."""
+
     def __init__(self, model: MinusFace) -> None:
         super().__init__()
         cfg = model.config
         self.client = model._part("client")
         self.head = model._part("train")["head"]
-        self.reads_protected = cfg.stage1_reads == "protected"
-        if self.reads_protected:  # f_p itself, through its input scaling
-            self.recognizer = model._part("server")
-        else:
-            self.recognizer = model._part("train")["recognizer"]
+        self.recognizer = model._part("train")["recognizer"]
         self.scale, self.w_pix, self.w_id = cfg.coef_scale, cfg.pixel_weight, cfg.identity_weight
-        self.equalise = cfg.equalise_stage1
-        self.clamp = cfg.pixel_clamp
-        self.w_adv = cfg.adversary_weight
-        self.adversary = model._part("train")["adversary"] if self.w_adv else None
 
     def forward(self, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, float]]:
         _, f_regen, r = self.client.regenerate(x)
-        # clamped (the default): where a large residue saturates d's clamp this loss has no
-        # gradient left to shrink it (docs/privacy.md, "Repairing stage 1")
-        pixel = F.l1_loss(2 * freq.decode(f_regen, clamp=self.clamp) - 1, x)
-        # the recognizer reads the residue as protect sends it: equalised, its tiles moved
-        # (a fresh order per image and step, so it learns what f_p must: to read them
-        # unordered); with stage1_reads="protected" also shuffled and decoded (unclamped,
-        # for the same reason as the pixel loss)
-        seen = self.client.equalised(r) if self.equalise else r
-        sent = None  # X_p before the clamp, for f_p and the adversary alike
-        if self.reads_protected or self.adversary is not None:
-            sent = self.client.send(seen, clamp=False)
-        if self.reads_protected:
-            embedding = self.recognizer(sent)
-        else:
-            embedding = self.recognizer(self.client.remap(seen) / self.scale)
-        identity = self.head(embedding, y)
+        pixel = F.l1_loss(2 * freq.decode(f_regen) - 1, x)
+        identity = self.head(self.recognizer(r / self.scale), y)
         loss = self.w_pix * pixel + self.w_id * identity
-        logs = {"pixel": float(pixel.detach()), "id": float(identity.detach())}
-        if self.adversary is not None:
-            # X_p as sent (clamped) in the forward pass, the gradient straight through the
-            # clamp, and reversed into the generator: the adversary learns to rebuild the
-            # face, the generator to make that hard
-            p = reverse_gradient(sent + (sent.clamp(0.0, 1.0) - sent).detach())
-            # standardised per image, as the recovery attack's inverter standardises its
-            # input: shrinking X_p towards a constant must not fool it
-            mean, std = p.mean((1, 2, 3), keepdim=True), p.std((1, 2, 3), keepdim=True)
-            guess = self.adversary((p - mean) / (std + 1e-3))
-            adversary = F.l1_loss(2 * torch.sigmoid(guess) - 1, x)
-            loss = loss + self.w_adv * adversary
-            logs["adv"] = float(adversary.detach())
-        return loss, logs
-
-
-class _ReverseGradient(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, x: Tensor) -> Tensor:
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> Tensor:
-        return -grad
-
-
-def reverse_gradient(x: Tensor) -> Tensor:
-    """The identity, whose gradient is negated: what follows minimises a loss that what
-    precedes it maximises (one optimiser step trains both sides of the game).
-
-    Example:
-        >>> x = torch.ones(2, requires_grad=True)
-        >>> (3 * reverse_gradient(x)).sum().backward()
-        >>> x.grad.tolist()
-        [-3.0, -3.0]
-    """
-    return _ReverseGradient.apply(x)
+        return loss, {"pixel": float(pixel.detach()), "id": float(identity.detach())}
 
 
 @register_method
@@ -519,17 +383,13 @@ class MinusFace(Method):
 
     def build_train(self) -> nn.Module:
         cfg = self.config
-        if cfg.stage1_reads == "protected":  # f_p and its head train in both stages
-            parts = {"head": build_head(cfg)}
-        else:
-            parts = {
+        return nn.ModuleDict(
+            {
                 "recognizer": build_recognizer(cfg, freq.NUM_CHANNELS),  # f, stage 1
                 "head": build_head(cfg),
                 "protected_head": build_head(cfg),  # f_p's head, stage 2
             }
-        if cfg.adversary_weight:  # stage 1's inverter: X_p (3n maps) -> face
-            parts["adversary"] = UNet(3 * cfg.shuffles, 3, width=cfg.adversary_width)
-        return nn.ModuleDict(parts)
+        )
 
     @property
     def representation_shape(self) -> tuple[int, ...]:
@@ -544,31 +404,50 @@ class MinusFace(Method):
         return self._part("client").residue(check_faces(x, "residue"))
 
     def stages(self) -> list[Stage]:
+        step = _Stage1(self)
+        return [
+            self._stage_one(step, step.recognizer, step.head),
+            self._stage_two(self._part("train")["protected_head"]),
+        ]
+
+    def _stage_one(self, step: nn.Module, *trained: nn.Module) -> Stage:
+        """Stage 1, "residue": ``step`` trains the generator (at ``generator_lr_scale``) and
+        the ``trained`` modules."""
+        client = self._part("client")
+        return Stage(
+            "residue",
+            step,
+            [
+                self.param_group(client, lr_scale=self.config.generator_lr_scale),
+                self.param_group(*trained),
+            ],
+        )
+
+    def _stage_two(self, head: nn.Module) -> Stage:
+        """Stage 2, "protected": the generator frozen, f_p and ``head`` trained on X_p, every
+        image shuffled ``train_repeats`` times an epoch (through the :class:`FeatureCache`)."""
         cfg = self.config
         client = self._part("client")
         server = self._part("server")
-        train = self._part("train")
-        step1 = _Stage1(self)
-        stage1 = Stage(
-            "residue",
-            step1,
-            [
-                self.param_group(client, lr_scale=cfg.generator_lr_scale),
-                self.param_group(
-                    step1.recognizer,
-                    train["head"],
-                    *([step1.adversary] if cfg.adversary_weight else []),
-                ),
-            ],
-        )
-        head2 = train["head"] if cfg.stage1_reads == "protected" else train["protected_head"]
         cache = FeatureCache(client, cfg.feature_cache_mb)
-        stage2 = Stage(
+        return Stage(
             "protected",
-            RecognizerStep(cache.protect, server, head2),
-            [self.param_group(server, head2)],
+            RecognizerStep(cache.protect, server, head),
+            [self.param_group(server, head)],
             frozen=[client],
             repeats=cfg.train_repeats,
             begin=cache.fill,
         )
-        return [stage1, stage2]
+
+    # ---- bundles
+    def config_dict(self) -> dict[str, Any]:
+        """The config as bundles write it: in the layout of the bundles saved while the
+        hardening options were settings of this method, at their off values, so a bundle
+        and its fingerprints are what they were (:mod:`ppfr.methods._minusface_bundles`)."""
+        return bundle_layout(asdict(self.config))
+
+    @classmethod
+    def bundle_settings(cls, settings: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """A "minusface" bundle with any hardening option on was saved before the options
+        moved out: it loads as ``minusface-hardened`` (:func:`read_settings`)."""
+        return read_settings(settings)

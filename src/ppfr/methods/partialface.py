@@ -61,17 +61,11 @@ from torch import Tensor, nn
 
 from ppfr import freq
 from ppfr.errors import InputError
+from ppfr.methods._builders import Recognition, RecognizerConfig, build_recognizer
+from ppfr.methods._checks import check_faces
 from ppfr.methods._registry import register_method
-from ppfr.methods.base import (
-    Method,
-    Recognition,
-    RecognizerConfig,
-    RecognizerStep,
-    Stage,
-    build_head,
-    build_recognizer,
-    check_faces,
-)
+from ppfr.methods._steps import RecognizerStep, Stage
+from ppfr.methods.base import Client, Method
 
 #: channels of one colour plane dropped as low frequency: u + v <= 3
 LOW_FREQUENCY = tuple(freq.low_frequency_channels(3, colours=(0,)))
@@ -182,7 +176,7 @@ def _triples(k: int) -> tuple[tuple[int, ...], ...]:
 MIN_SCALE = 1e-3
 
 
-class PartialFaceClient(nn.Module):
+class PartialFaceClient(Client):
     """The device side: ``e``, the partition, the per-channel scales and the draw of a rank."""
 
     def __init__(self, coef_scale: float) -> None:
@@ -230,9 +224,6 @@ class PartialFaceClient(nn.Module):
         """x_s: (B, 27, 112, 112), one random rank per face and call, channels / their scale."""
         return self.protect_with_ranks(x, generator)[0]
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.protect(x)
-
 
 class _TrainingRanks(nn.Module):
     """Training input: each face's rank drawn among its 3 allowed subsets, then scaled."""
@@ -260,9 +251,6 @@ class PartialFace(Method):
 
     def build_server(self) -> nn.Module:
         return Recognition(build_recognizer(self.config, SENT_CHANNELS))
-
-    def build_train(self) -> nn.Module:
-        return nn.ModuleDict({"head": build_head(self.config)})
 
     @property
     def representation_shape(self) -> tuple[int, ...]:

@@ -63,7 +63,7 @@ from ppfr.serve.auth import Authenticator, AuthError, check_gallery_name, token_
 from ppfr.serve.calibrate import CALIBRATION_FILE, read_calibration
 from ppfr.serve.matching import Matcher
 from ppfr.serve.store import open_store
-from ppfr.slerpface import SlerpFace
+from ppfr.templates import SlerpFace
 
 log = logging.getLogger("ppfr.serve")
 

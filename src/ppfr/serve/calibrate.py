@@ -40,7 +40,7 @@ import torch
 from ppfr.data.orl import load_orl, split_identities
 from ppfr.errors import CheckpointError, InputError
 from ppfr.methods import load
-from ppfr.slerpface import SlerpFace
+from ppfr.templates import SlerpFace
 
 CALIBRATION_FILE = "calibration.toml"
 

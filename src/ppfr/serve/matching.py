@@ -6,7 +6,7 @@ changes, so a request costs one cheap version query plus the scoring.
 
 **Scoring.** With SlerpFace protection, a query :math:`q` is scored against every stored
 pair (protected template :math:`p_i`, key :math:`k_i`) with the SlerpFace score
-(:meth:`ppfr.slerpface.SlerpFace.scores`), vectorised over all templates: a batch of
+(:meth:`ppfr.templates.SlerpFace.scores`), vectorised over all templates: a batch of
 :math:`m` queries against :math:`n` templates is one :math:`O(m\,n\,D)` pass. In plain
 mode (``protection=None``) the score is the inner product :math:`q \cdot t_i` (the cosine
 similarity for L2-normalised templates), computed with a FAISS ``IndexFlatIP`` (or, for
@@ -14,11 +14,11 @@ galleries of at least ``ivf_min_size`` templates, an approximate ``IndexIVFFlat`
 ``use_faiss``, else one matrix product.
 
 **Stored side precomputed once.** In SlerpFace mode the snapshot holds a
-:class:`ppfr.slerpface.SlerpFaceIndex` of its rows: per template and group the unit key,
+:class:`ppfr.templates.SlerpFaceIndex` of its rows: per template and group the unit key,
 the masked unit key, the protected template and the keep mask, plus two per-group
 scalars, laid out in blocks so that a query reads each stored array exactly once (two
 batched matrix products per block, then a few element-wise operations per group while the
-block's results are still in cache). The derivation is in the :mod:`ppfr.slerpface`
+block's results are still in cache). The derivation is in the :mod:`ppfr.templates.index`
 docstring; the figures (identify time against the time to read those arrays once) are in
 docs/benchmarks.md. ``index_dtype=torch.float16`` halves the snapshot's memory at a small
 accuracy cost (docs/templates.md). ``Matcher(..., precompute=False)`` keeps the raw keys
@@ -46,7 +46,7 @@ from torch import Tensor
 
 from ppfr.errors import InputError, UnknownNameError
 from ppfr.serve.store import GalleryMatrix, GalleryStore
-from ppfr.slerpface import SlerpFace, SlerpFaceIndex
+from ppfr.templates import SlerpFace, SlerpFaceIndex
 
 __all__ = ["Matcher"]
 
@@ -86,7 +86,7 @@ class Matcher:
         ivf_min_size: in plain mode with FAISS, use an approximate IVF index for galleries
             of at least this many templates (None: always exact ``IndexFlatIP``).
         nprobe: IVF lists visited per query (more = slower, closer to exact).
-        precompute: in SlerpFace mode, build a :class:`ppfr.slerpface.SlerpFaceIndex` once
+        precompute: in SlerpFace mode, build a :class:`ppfr.templates.SlerpFaceIndex` once
             per snapshot (the default; 8.4 KB per 512-d template in float32, 4.3 KB in
             float16) instead of calling ``SlerpFace.scores`` for every request.
         index_dtype: storage type of that index, ``torch.float32`` (exact to float32

@@ -43,8 +43,9 @@ from ppfr.data import orl
 from ppfr.data.base import FaceDataset
 from ppfr.data.open import open_source
 from ppfr.errors import CheckpointError, InputError
-from ppfr.methods import create
-from ppfr.methods.base import PARTS, Method, Stage, read_manifest
+from ppfr.methods import Method, Stage, create
+from ppfr.methods._bundle import PARTS, read_manifest
+from ppfr.methods._registry import bundle_method
 from ppfr.runtime import tune_allocator
 from ppfr.train.config import TrainConfig
 
@@ -303,7 +304,9 @@ class Trainer:
         """Load ``bundle``'s client, refusing another method's bundle and a stage that
         would go on training the client."""
         manifest = read_manifest(bundle)
-        if manifest.get("method") != self.model.name:
+        # the method the bundle loads as (a "minusface" one saved with hardening options:
+        # minusface-hardened), not only the one it names
+        if bundle_method(manifest)[0].name != self.model.name:
             raise InputError(
                 f"{bundle} holds a {manifest.get('method')!r} model; this run trains "
                 f"{self.model.name!r}"

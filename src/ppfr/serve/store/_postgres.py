@@ -101,9 +101,10 @@ class PostgresStore(GalleryStore):
     def __init__(self, url: str, connect_timeout: float = 10.0) -> None:
         try:
             import psycopg
-        except ImportError as e:  # pragma: no cover - psycopg is a dependency
+        except ImportError as e:  # pragma: no cover - psycopg comes with ppfr[serve]
             raise InputError(
-                "the PostgreSQL gallery store needs psycopg 3: pip install 'psycopg[binary]'"
+                "the PostgreSQL gallery store needs psycopg 3, which comes with ppfr's 'serve' "
+                "extra: pip install 'ppfr[serve]'"
             ) from e
         self._psycopg = psycopg
         self.url = url.replace("postgresql+psycopg://", "postgresql://", 1)

@@ -1,31 +1,37 @@
 """Variants of MinusFace's stage 1 at the demo budget: accuracy and what the residue became.
 
-Run:  OMP_NUM_THREADS=1 python benchmarks/minusface_stage1.py --variant unclamped \
+Run:  OMP_NUM_THREADS=1 python research/minusface_stage1.py --variant unclamped \
           --out /tmp/stage1 [--seed 0]
 
 Each variant is the demo's MinusFace preset (``ppfr.experiments.presets``) with the config
 changes listed in :data:`VARIANTS`. The script trains it on ORL split ``--seed``, verifies
 the 10 held-out identities, prints the residue's anatomy (``residue_anatomy.py``) and writes
 ``OUT/<variant>/result.json`` and the face / spikes / X_p grid ``OUT/<variant>/anatomy.png``.
-The demo's attacks on the saved model: ``python benchmarks/demo_attacks.py --run
+The demo's attacks on the saved model: ``python research/demo_attacks.py --run
 OUT/<variant> --preset minusface`` (link or train ``OUT/<variant>/runs/arcface`` first).
 About 13 min (skip) to 25 min (plain U-Net) per variant on one thread.
-docs/privacy.md, "Repairing stage 1", reports what each did.
+research/log.md, "repairing MinusFace's stage 1", reports what each did.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+from dataclasses import fields
 from pathlib import Path
 
-from _common import machine
-from residue_anatomy import anatomy, report
+# the shared timing helpers live in benchmarks/ (research/ scripts are run from anywhere)
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine  # noqa: E402
+from residue_anatomy import anatomy, report  # noqa: E402
 
-from ppfr.data.orl import load_orl, split_identities
-from ppfr.experiments import demo, presets
-from ppfr.experiments.report import grid_figure
+from ppfr.data.orl import load_orl, split_identities  # noqa: E402
+from ppfr.experiments import demo, presets  # noqa: E402
+from ppfr.experiments.plots import grid_figure  # noqa: E402
+from ppfr.methods.minusface import MinusFaceConfig  # noqa: E402
 
 #: name -> MinusFace config changes on top of the demo preset
 VARIANTS: dict[str, dict] = {
@@ -52,6 +58,9 @@ def main() -> None:
     ap.add_argument("--epochs", type=float, default=1.0, help="scale the training budget")
     args = ap.parse_args()
     out = args.out / args.variant
+    if not set(VARIANTS[args.variant]) <= {f.name for f in fields(MinusFaceConfig)}:
+        # the stage-1 options are settings of minusface-hardened, not of plain MinusFace
+        presets.PRESET_METHODS["minusface"] = "minusface-hardened"
     presets.DEMO_MODELS["minusface"] = {
         **presets.DEMO_MODELS["minusface"],
         **VARIANTS[args.variant],

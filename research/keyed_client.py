@@ -16,7 +16,7 @@ This script adds:
    tile order (16 and 64 tiles). Only the representation matters to key recovery, so no
    server is trained for it; the curve says whether a key would survive there.
 
-Run:  python benchmarks/keyed_client.py --run /tmp/keyed0 --seed 0 --json keyed.json
+Run:  python research/keyed_client.py --run /tmp/keyed0 --seed 0 --json keyed.json
 """
 
 from __future__ import annotations

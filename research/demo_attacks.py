@@ -5,7 +5,7 @@ attacker's recognizer), rebuilds the demo's identity split and runs
 ``ppfr.experiments.demo.attack_model`` as the demo does; prints the summary line and writes
 the scores as JSON.
 
-Run:  python benchmarks/demo_attacks.py --run demo-out --preset minusface-tiles \
+Run:  python research/demo_attacks.py --run demo-out --preset minusface-tiles \
           --json demo-out/minusface-tiles-attacks.json
 """
 

@@ -1,15 +1,15 @@
-"""The issue-14 frontier over three ORL splits, from bench runs that did not all finish.
+"""The accuracy-privacy frontier over three ORL splits, from bench runs that did not all finish.
 
 ``ppfr bench merge`` averages complete runs (``bench.json``). Two of the runs behind the
 three-split table were killed by the out-of-memory killer during DCTDP's attacks, after
 ArcFace, MinusFace and PartialFace had been trained, scored and attacked; their figures
 survive in the bench's log lines (one per method, written as each finishes), and their
 recovery rank-1 (not in the log line) comes from rerunning the recovery attack on the saved
-models (``benchmarks/demo_attacks.py --no-identity``, the same seeded attack, whose leakage
+models (``research/demo_attacks.py --no-identity``, the same seeded attack, whose leakage
 must then equal the log's). This script reads all of them, prints the per-split values and
-mean ± std, and draws the frontier (``ppfr.experiments.bench.write_frontier``).
+mean ± std, and draws the frontier (``ppfr.experiments.plots.write_frontier``).
 
-Run:  python benchmarks/frontier_3split.py --bench docs/bench-orl-all/bench.json ... \
+Run:  python research/frontier_3split.py --bench docs/bench-orl-all/bench.json ... \
           --log 1=docs/bench-orl-3split/seed1.log --rescore 1:minusface=... --out DIR
 """
 
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ppfr.experiments.bench import write_frontier
+from ppfr.experiments.plots import write_frontier
 
 #: a bench log line: "  <method>: accuracy A ± S % (...), AUC X, trained in T s; <attacks>"
 LINE = re.compile(

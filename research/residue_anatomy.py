@@ -5,7 +5,7 @@ square (RMS over the 192 channels): its median, the share of positions above twi
 median ("spikes"), the per-face range of that share, and the RMS of the constant the U-Net's
 output bias alone gives. Writes a grid (face, spike mask, X_p) of six people.
 
-Run:  python benchmarks/residue_anatomy.py --model demo-out/runs/minusface/model \
+Run:  python research/residue_anatomy.py --model demo-out/runs/minusface/model \
           --grid docs/minusface-residue-spikes.png
 """
 
@@ -17,8 +17,8 @@ import torch
 
 import ppfr
 from ppfr.data.orl import load_orl, split_identities
+from ppfr.experiments.plots import grid_figure
 from ppfr.experiments.presets import TEST_IDENTITIES
-from ppfr.experiments.report import grid_figure
 
 
 def anatomy(model, faces: torch.Tensor) -> dict:

@@ -1,10 +1,10 @@
 """MinusFace's stage-1 pixel weight against accuracy and privacy, at the demo budget.
 
-Run:  python benchmarks/minusface_pixel_weight.py --weights 20,35,50 --out /tmp/pw
+Run:  python research/minusface_pixel_weight.py --weights 20,35,50 --out /tmp/pw
 
 For each weight, trains the demo's MinusFace preset (``ppfr.experiments.presets``) with that
 stage-1 pixel weight on ORL split ``--seed``, verifies the 10 held-out identities and runs the
-demo's viewing and recovery attacks on them (docs/results.md). About 14 min per weight on 2 CPU
+demo's viewing and recovery attacks on them (research/log.md). About 14 min per weight on 2 CPU
 cores. Results go to ``OUT/pw<weight>/result.json`` and are printed as markdown rows.
 """
 
@@ -12,13 +12,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
-from _common import machine
+# the shared timing helpers live in benchmarks/ (research/ scripts are run from anywhere)
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine  # noqa: E402
 
-from ppfr.data.orl import load_orl, split_identities
-from ppfr.experiments import demo, presets
+from ppfr.data.orl import load_orl, split_identities  # noqa: E402
+from ppfr.experiments import demo, presets  # noqa: E402
 
 
 def run(weight: float, out: Path, seed: int, epoch_scale: float = 1.0) -> dict:

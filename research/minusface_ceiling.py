@@ -1,6 +1,6 @@
 """Where MinusFace's accuracy stops at the demo budget: two diagnostics on a trained run.
 
-Run:  OMP_NUM_THREADS=1 python benchmarks/minusface_ceiling.py \
+Run:  OMP_NUM_THREADS=1 python research/minusface_ceiling.py \
           --run RUN/runs/split-1/minusface --seed 1 [--views 1 2 4 8]
 
 1. **Views**: the server's verification accuracy on the split's held-out people when every
@@ -11,7 +11,7 @@ Run:  OMP_NUM_THREADS=1 python benchmarks/minusface_ceiling.py \
    it trained (from ``RUN/checkpoint``, which keeps the training part). This is what the
    residue carries about a person before any shuffle.
 
-docs/results.md, "MinusFace's stage 2", reports the figures.
+research/log.md, "MinusFace's stage 2", reports the figures.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ import ppfr
 from ppfr.data.orl import load_orl, split_identities
 from ppfr.eval.openset import evaluate_open_set
 from ppfr.experiments import presets
-from ppfr.methods.base import read_manifest
+from ppfr.methods._bundle import read_manifest
+from ppfr.methods._registry import bundle_method
 
 
 class Views(nn.Module):
@@ -84,9 +85,12 @@ def main() -> None:
         print(f"server, {k} view(s) averaged: accuracy {100 * result.accuracy:.2f} %", flush=True)
     ckpt = args.run / "checkpoint"
     manifest = read_manifest(ckpt)
-    if manifest["config"].get("equalise") or manifest["config"].get("stage1_reads") != "residue":
+    # the method the checkpoint loads as: minusface, or minusface-hardened for a run with
+    # hardening options (saved before they moved out of minusface, or after)
+    method, settings = bundle_method(manifest)
+    if settings.get("equalise") or settings.get("stage1_reads", "residue") != "residue":
         raise SystemExit("the residue diagnostic reads plain MinusFace's stage 1 only")
-    full = ppfr.create("minusface", **manifest["config"])
+    full = ppfr.create(method.name, **settings)
     full.load_weights(ckpt, ["client", "server", "train"], manifest)
     result, _ = evaluate_open_set(ResidueReader(full.eval()), test, seed=args.seed, progress=False)
     print(f"stage 1's recognizer on the unshuffled residue: accuracy {100 * result.accuracy:.2f} %")

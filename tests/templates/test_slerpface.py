@@ -1,4 +1,5 @@
-"""ppfr.slerpface against its definition, with slow references written here.
+"""ppfr.templates (SlerpFace, its index and kernel) against its definition, with slow
+references written here.
 
 ``reference_score`` follows the definition one group at a time in float64;
 ``direct_scores`` is the direct vectorised form (rotate the query with every key, mask,
@@ -15,7 +16,7 @@ import torch.nn.functional as F
 
 from ppfr._jit import LazyKernel
 from ppfr.errors import InputError
-from ppfr.slerpface import (
+from ppfr.templates import (
     SlerpFace,
     SlerpFaceConfig,
     SlerpFaceIndex,
@@ -322,7 +323,7 @@ def test_slerp_weight_polynomials_error_bound(alpha):
 
 
 def test_kernel_choice_and_torch_fallback(monkeypatch):
-    import ppfr.slerpface as mod
+    import ppfr.templates.kernel as mod
 
     sf, p, k, q, _ = _random_setup(n=50)
     assert SlerpFaceIndex(sf, p, k).kernel == "numba"  # numba is a dependency
@@ -330,7 +331,7 @@ def test_kernel_choice_and_torch_fallback(monkeypatch):
     with pytest.raises(InputError, match="kernel"):
         SlerpFaceIndex(sf, p, k, kernel="cuda")
     # where numba is missing or does not compile, the index scores with torch
-    monkeypatch.setattr(mod, "_FUSED", LazyKernel.unavailable("no numba"))
+    monkeypatch.setattr(mod, "FUSED", LazyKernel.unavailable("no numba"))
     idx = SlerpFaceIndex(sf, p, k)
     assert idx.kernel == "torch"
     torch.testing.assert_close(idx.scores(q), direct_scores(sf, q, p, k), atol=1e-5, rtol=0)
@@ -339,7 +340,7 @@ def test_kernel_choice_and_torch_fallback(monkeypatch):
 
 
 def test_index_query_slices_and_small_gallery_block(monkeypatch):
-    import ppfr.slerpface as mod
+    import ppfr.templates.index as mod
 
     sf, p, k, q, _ = _random_setup(n=300, m=9)
     idx = SlerpFaceIndex(sf, p, k, kernel="torch")  # the fused kernel takes any m at once

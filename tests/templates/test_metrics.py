@@ -1,10 +1,11 @@
-"""ppfr.eval.templates: D_sys of Gomez-Barrero et al. 2018 on distributions with known answers."""
+"""ppfr.templates.metrics: D_sys of Gomez-Barrero et al. 2018 on distributions with known
+answers."""
 
 import numpy as np
 import pytest
 
 from ppfr.errors import InputError
-from ppfr.eval.templates import unlinkability
+from ppfr.templates import unlinkability
 
 
 def test_identical_distributions_are_unlinkable():

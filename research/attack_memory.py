@@ -1,14 +1,14 @@
 """Peak memory and CPU split of the recovery attack on a saved model (one process).
 
-Run:  OMP_NUM_THREADS=1 /usr/bin/time -v python benchmarks/attack_memory.py \
+Run:  OMP_NUM_THREADS=1 /usr/bin/time -v python research/attack_memory.py \
           --model RUN/runs/split-1/dctdp/model --seed 1 [--list-and-cat]
 
 Trains the recovery inverter (width 8, ``--epochs`` 2) on the split's 300 training faces
 and reconstructs its 100 held-out faces, as the bench's recovery attack does, after
 ``ppfr.tune_allocator()`` as every ``ppfr`` command does. ``--list-and-cat`` swaps in the
 way the inverter's input was built before (a list of batches joined by ``torch.cat``, a new
-tensor every epoch), to measure what filling one buffer saves. The figures: docs/results.md,
-"Issue 14 ..." (the DCTDP memory note).
+tensor every epoch), to measure what filling one buffer saves. The figures: research/log.md,
+"The attacks' memory peak".
 """
 
 from __future__ import annotations

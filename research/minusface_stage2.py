@@ -1,6 +1,6 @@
 """MinusFace's stage 2 (the server's recognizer on X_p) at the demo budget, on a fixed client.
 
-Run:  OMP_NUM_THREADS=1 python benchmarks/minusface_stage2.py --variant epochs14 \
+Run:  OMP_NUM_THREADS=1 python research/minusface_stage2.py --variant epochs14 \
           --client RUN/runs/split-1/minusface/model --seed 1 --out /tmp/stage2
 
 The client (the stage-1 generator) is loaded from ``--client``, a MinusFace bundle trained
@@ -14,26 +14,31 @@ client, score the same for all of them (``shuffles`` aside: it changes what is s
 
 Writes ``OUT/<variant>-s<seed>/result.json`` and keeps the model in
 ``OUT/<variant>-s<seed>/runs/minusface/model``; the demo's attacks on it:
-``python benchmarks/demo_attacks.py --run OUT/<variant>-s<seed> --preset minusface``
+``python research/demo_attacks.py --run OUT/<variant>-s<seed> --preset minusface``
 (link the split's ``arcface`` run next to it first). 1.5 (4 epochs) to 10 min (r = 6) per
-variant on one thread. docs/results.md, "MinusFace's stage 2", reports what each did.
+variant on one thread. research/log.md, "MinusFace's stage 2", reports what each did.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from _common import machine
 
-from ppfr.data.orl import load_orl, split_identities
-from ppfr.experiments import demo, presets
-from ppfr.methods.base import read_manifest
-from ppfr.train import Trainer
+# the shared timing helpers live in benchmarks/ (research/ scripts are run from anywhere)
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine  # noqa: E402
+
+from ppfr.data.orl import load_orl, split_identities  # noqa: E402
+from ppfr.experiments import demo, presets  # noqa: E402
+from ppfr.methods._bundle import read_manifest  # noqa: E402
+from ppfr.train import Trainer  # noqa: E402
 
 #: name -> changes on top of the demo preset: "model" (MinusFace config), "optim", and
 #: "protected" (stage 2's epochs). The preset's stage 2 is 8 epochs; the variants marked
