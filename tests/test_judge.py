@@ -199,13 +199,15 @@ def test_verify_command(tmp_path, orl):
 
 def test_embed_remembers_recent_inputs_by_content(judge):
     rng = np.random.default_rng(0)
-    x = rng.uniform(-1, 1, (3, 3, 112, 112)).astype(np.float32)
+    # inside [-0.9, 0.9]: the changed pixel and the shifted copies below stay in range
+    x = rng.uniform(-0.9, 0.9, (3, 3, 112, 112)).astype(np.float32)
     first = judge.embed(x)
     first[:] = 0  # the caller's copy: the remembered result must not change with it
     again = judge.embed(x.copy())  # same pixels, another array
     assert np.abs(again).sum() > 0 and np.allclose(np.linalg.norm(again, axis=1), 1, atol=1e-5)
     y = x.copy()
-    y[0, 0, 0, 0] += 0.5  # one pixel differs: embedded afresh, other faces unchanged
+    y[0, 0, 0, 0] += 0.5 if y[0, 0, 0, 0] < 0 else -0.5  # one pixel differs: embedded
+    # afresh, other faces unchanged
     other = judge.embed(y)
     assert np.array_equal(other[1:], again[1:])
     fresh = Judge()._embed_pixels(np.ascontiguousarray((x + 1) * 127.5))

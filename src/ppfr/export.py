@@ -51,9 +51,11 @@ from ppfr.errors import InputError
 from ppfr.methods import Method, load
 
 EXPORTABLE = ("minusface", "minusface-hardened", "arcface")
-#: the methods exported through MinusFace's graph. The hardened variant's options are not in
-#: it (as when they were settings of "minusface"): its equalise and tile_grid are left out
+#: the methods exported through MinusFace's graph. The graph has no step for the hardened
+#: variant's equalise or tile_grid, so a client that uses either is refused, not exported
+#: without it (its ONNX protect would send what the server was not trained on)
 MINUSFACE = ("minusface", "minusface-hardened")
+UNEXPORTED_OPTIONS = ("equalise", "tile_grid")
 OPSET = 17
 
 
@@ -119,6 +121,12 @@ def protect_module(model: Method) -> nn.Module:
         raise InputError(
             f"{model.name}: ONNX export of the client is not exportable yet "
             f"(exportable: {', '.join(EXPORTABLE)})"
+        )
+    used = [k for k in UNEXPORTED_OPTIONS if getattr(model.config, k, False)]
+    if used:
+        raise InputError(
+            f"{model.name}: ONNX export does not implement {' and '.join(used)}; this client "
+            "uses it, so an exported graph would not protect as the model does"
         )
     return (_MinusFaceProtect(model) if model.name in MINUSFACE else _Identity()).eval()
 

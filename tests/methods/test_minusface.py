@@ -60,7 +60,9 @@ def test_composed_protect_agrees_with_the_plain_path_and_follows_weight_updates(
     with torch.no_grad():
         g.stem.weight.mul_(-2.0)  # an in-place update, as an optimiser's
     second, key2 = both()
-    assert key2 != key and (second - first).abs().max() > 1e-2
+    # the update changes protect by far more than the paths' 1e-5 disagreement: by 0.004 to
+    # 0.027 (largest pixel) over seed shifts 0-10
+    assert key2 != key and (second - first).abs().max() > 1e-3
 
 
 def test_shuffle_is_a_permutation_per_image():

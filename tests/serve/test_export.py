@@ -81,6 +81,16 @@ def test_arcface_and_unsupported(tmp_path, faces):
         protect_module(SimpleNamespace(name="partialface"))
 
 
+def test_a_hardened_client_the_graph_cannot_follow_is_refused():
+    small = {"backbone_width": 0.125, "embedding_size": 64, "generator_width": 4}
+    for option in ({"equalise": True}, {"tile_grid": 2}):
+        model = ppfr.create("minusface-hardened", **small, **option)
+        with pytest.raises(InputError, match=next(iter(option))):
+            protect_module(model)
+    # the hardened options the graph does not read (stage 1's) still export
+    assert protect_module(ppfr.create("minusface-hardened", **small, pixel_clamp=False))
+
+
 def test_export_cli(bundle, tmp_path):
     out = tmp_path / "x" / "c.onnx"
     r = CliRunner().invoke(cli, ["export", "--model", str(bundle), "--onnx", str(out)])
