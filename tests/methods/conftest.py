@@ -38,11 +38,11 @@ def _descend(stage, x, y, seed: int = 123, decrease: float = DECREASE):
         m.eval()
     before = _loss(stage, x, y, seed)
     groups = [(g["params"], g["lr_scale"]) for g in stage.param_groups]
-    for module in [stage.module, *stage.frozen]:  # no gradient left from an earlier stage
-        module.zero_grad(set_to_none=True)
-    for params, _ in groups:
-        for p in params:
-            p.grad = None
+    # no gradient left from an earlier stage, on what trains now or on what is frozen
+    for p in [p for params, _ in groups for p in params]:
+        p.grad = None
+    for m in stage.frozen:
+        m.zero_grad(set_to_none=True)
     torch.manual_seed(seed)
     loss, logs = stage.module(x, y)
     loss.backward()
