@@ -246,3 +246,55 @@ def fuzz_app(bundle, tmp_path_factory):
     s = served_app(bundle, tmp_path_factory.mktemp("fuzz"))
     s.client = type(s.client)(s.client.app, raise_server_exceptions=False)
     return s
+
+
+def test_admission_sheds_past_the_queue_and_after_the_timeout():
+    """The gate: max_concurrent at work, max_queue waiting, the rest answered 503 at once."""
+    import asyncio
+
+    from ppfr.serve.app import Admission, Unavailable
+
+    async def scenario() -> list[str]:
+        gate = Admission(max_concurrent=1, max_queue=1, queue_timeout=0.2)
+        events = []
+        await gate.enter()  # A at work
+        waiting = asyncio.ensure_future(gate.enter())  # B queued
+        await asyncio.sleep(0)
+        try:
+            await gate.enter()  # C: queue full
+        except Unavailable as e:
+            events.append(f"C shed {e.status} {e.retry_after}")
+        await asyncio.sleep(0.05)
+        gate.leave()  # A done: B gets the slot
+        await waiting
+        events.append(f"B in, running={gate.running}")
+        try:
+            await gate.enter()  # D waits for B, who never leaves: times out
+        except Unavailable as e:
+            events.append(f"D shed {e.status}")
+        gate.leave()
+        events.append(f"idle running={gate.running} waiting={gate.waiting} shed={gate.shed}")
+        return events
+
+    assert asyncio.run(scenario()) == [
+        "C shed 503 0.2",
+        "B in, running=1",
+        "D shed 503",
+        "idle running=0 waiting=0 shed=2",
+    ]
+    with pytest.raises(InputError, match="max_concurrent"):
+        Admission(0, 1, 1.0)
+
+
+def test_overload_is_answered_503_with_retry_after(bundle, tmp_path):
+    s = served_app(bundle, tmp_path, max_concurrent=1, max_queue=0, queue_timeout=2.5)
+    gate = s.client.app.state.admission
+    body = s.body(s.reps(1))
+    assert s.post("/v1/galleries/g1/identify", body).status_code == 200
+    gate.running = 1  # as if another request held the only slot
+    r = s.post("/v1/galleries/g1/identify", body)
+    assert r.status_code == 503 and r.headers["Retry-After"] == "3"
+    assert "capacity" in r.json()["detail"]
+    assert s.client.get("/v1/health").status_code == 200  # outside the gate
+    gate.running = 0
+    assert s.post("/v1/galleries/g1/identify", body).status_code == 200

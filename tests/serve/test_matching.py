@@ -97,7 +97,7 @@ def test_snapshot_index_scores_equal_direct_form(tmp_path, sf):
     with open_store(f"sqlite:///{tmp_path / 'g.db'}") as store:
         store.enroll_many("g", [f"s{i:03d}" for i in range(300)], p.numpy(), keys.numpy())
         snap = Matcher(store, sf).snapshot("g")
-        assert snap.slerp is not None and snap.templates is None and snap.keys is None
+        assert snap.slerp is not None and snap.main.templates is None and snap.main.keys is None
         q = torch.cat([_unit(7, 3), torch.nn.functional.normalize(keys[:2], dim=1)])
         want = torch.stack([sf.scores(qi[None], p, keys)[0] for qi in q])  # one at a time
         torch.testing.assert_close(snap.slerp.scores(q), want, atol=1e-5, rtol=0)

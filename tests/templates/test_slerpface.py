@@ -184,6 +184,24 @@ def test_index_fast_path_for_ordinary_queries(monkeypatch, kernel):
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_index_append_equals_one_build(kernel, dtype):
+    """Rows appended in pieces (into the last block's padding, then grown blocks) score as
+    one index built from all of them, and earlier rows' scores never change."""
+    sf, p, k, q, _ = _random_setup(n=700)
+    whole = SlerpFaceIndex(sf, p, k, block=64, dtype=dtype, kernel=kernel)
+    grown = SlerpFaceIndex(sf, p[:10], k[:10], block=64, dtype=dtype, kernel=kernel)
+    before = grown.scores(q)
+    for lo, hi in ((10, 11), (11, 64), (64, 65), (65, 400), (400, 700)):
+        grown.append(p[lo:hi], k[lo:hi])
+        assert len(grown) == hi and grown.capacity >= hi
+    assert torch.equal(grown.scores(q), whole.scores(q))
+    assert torch.equal(grown.scores(q, slice(0, 10)), before)
+    with pytest.raises(InputError, match="one key per protected template"):
+        grown.append(p[:2], k[:3])
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
 def test_index_rows_match_full_scores(kernel):
     sf, p, k, q, _ = _random_setup(n=500)
     idx = SlerpFaceIndex(sf, p, k, kernel=kernel)

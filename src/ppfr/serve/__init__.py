@@ -2,7 +2,7 @@
 
 - :func:`open_store` opens a :class:`GalleryStore` (SQLite file or PostgreSQL database)
   holding enrolled templates, their SlerpFace keys (kept apart) and API-key hashes.
-- :class:`Matcher` identifies and verifies queries against a cached snapshot of a gallery.
+- :class:`Matcher` identifies and verifies queries against a gallery, applying its writes in place.
 """
 
 from ppfr.serve.matching import Matcher

@@ -23,7 +23,15 @@ Errors are JSON ``{"detail": "..."}``: 401 missing/invalid/revoked key, 403 gall
 allowed for the key, 404 unknown subject, 409 representation made by another client model
 (fingerprint mismatch), 413 body over ``max_body_bytes`` (refused from ``Content-Length``
 before reading, or as soon as the stream passes the limit) or batch over ``max_batch``, 415
-not ``application/octet-stream``, 422 malformed message, wrong shape, dtype, range, NaN.
+not ``application/octet-stream``, 422 malformed message, wrong shape, dtype, range, NaN,
+503 with ``Retry-After`` when the service is overloaded (below).
+
+Load shedding. Gallery requests (everything under ``/v1/galleries``) pass an admission
+gate before their body is read: at most ``max_concurrent`` run at once, at most
+``max_queue`` more wait, each for at most ``queue_timeout`` seconds. A request that finds
+the queue full, or waits past its timeout, is answered 503 with ``Retry-After`` at once, so
+an overloaded service answers every request quickly and the ones it accepts keep a bounded
+latency (about ``queue_timeout`` plus their own work) instead of queueing without bound.
 
 Enrolment embeds each representation, draws a fresh SlerpFace key per template (a
 ``torch.Generator`` seeded from :mod:`secrets`) and stores (protected template, key). The
@@ -40,7 +48,9 @@ never representations, templates, keys' secrets or subject names.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
 import os
 import re
 import secrets
@@ -61,7 +71,7 @@ from ppfr.methods import Method, load
 from ppfr.serve import wire
 from ppfr.serve.auth import Authenticator, AuthError, check_gallery_name, token_from_headers
 from ppfr.serve.calibrate import CALIBRATION_FILE, read_calibration
-from ppfr.serve.matching import Matcher
+from ppfr.serve.matching import GalleryMatcher, Matcher, MatcherFactory
 from ppfr.serve.store import open_store
 from ppfr.templates import SlerpFace
 
@@ -71,15 +81,79 @@ log = logging.getLogger("ppfr.serve")
 UNPROTECTED = ("arcface",)
 DEFAULT_MAX_BODY = 16 * 2**20
 DEFAULT_MAX_BATCH = 64
+#: admission gate defaults (module docstring, "Load shedding"): two requests at work per
+#: core keep the cores busy; the queue holds about a second of work at ~50 requests/s
+DEFAULT_MAX_CONCURRENT = 4
+DEFAULT_MAX_QUEUE = 32
+DEFAULT_QUEUE_TIMEOUT = 1.0
 _SUBJECT_RE = re.compile(r"^[^\x00-\x1f\x7f/\\]{1,128}$")
 
 
 class ServiceError(PPFRError):
-    """An error with an HTTP status (404 unknown subject, 409 fingerprint, 413 size, ...)."""
+    """An error with an HTTP status (404 unknown subject, 409 fingerprint, 413 size, ...).
 
-    def __init__(self, status: int, message: str) -> None:
+    ``retry_after`` (seconds) is sent as the ``Retry-After`` header: a 503 carries it.
+    """
+
+    def __init__(self, status: int, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.retry_after = retry_after
+
+
+class Unavailable(ServiceError):
+    """503 with ``Retry-After``: overloaded, or part of a sharded gallery is being rebuilt.
+
+    Raised (by the service or a matcher) instead of answering from part of a gallery.
+    """
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(503, message, retry_after=retry_after)
+
+
+class Admission:
+    """The admission gate: ``max_concurrent`` requests at work, ``max_queue`` waiting.
+
+    Runs on the event loop (no locks needed: every change happens between awaits).
+    """
+
+    def __init__(self, max_concurrent: int, max_queue: int, queue_timeout: float) -> None:
+        if max_concurrent < 1 or max_queue < 0 or not queue_timeout > 0:
+            raise InputError(
+                "need max_concurrent >= 1, max_queue >= 0 and queue_timeout > 0, got "
+                f"{max_concurrent}, {max_queue} and {queue_timeout}"
+            )
+        self.max_concurrent = int(max_concurrent)
+        self.max_queue = int(max_queue)
+        self.queue_timeout = float(queue_timeout)
+        self.running = 0
+        self.waiting = 0
+        self.shed = 0  # requests answered 503 so far
+        self._slots: asyncio.Semaphore | None = None  # made on the serving event loop
+
+    async def enter(self) -> None:
+        """Wait for a slot, or raise :class:`Unavailable` (queue full or waited too long)."""
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.max_concurrent)
+        if self.running >= self.max_concurrent and self.waiting >= self.max_queue:
+            self.shed += 1
+            raise Unavailable("the service is at capacity; retry later", self.queue_timeout)
+        self.waiting += 1
+        try:
+            await asyncio.wait_for(self._slots.acquire(), self.queue_timeout)
+        except TimeoutError:
+            self.shed += 1
+            raise Unavailable(
+                "the service is at capacity (queued too long); retry later", self.queue_timeout
+            ) from None
+        finally:
+            self.waiting -= 1
+        self.running += 1
+
+    def leave(self) -> None:
+        self.running -= 1
+        assert self._slots is not None
+        self._slots.release()
 
 
 def check_subject_name(name: str) -> str:
@@ -138,6 +212,7 @@ class Service:
         threshold: float | None,
         allow_unprotected: bool,
         use_faiss: bool,
+        matcher: MatcherFactory | None = None,
     ) -> None:
         model_dir = Path(model_dir)
         self.model: Method = load(model_dir, part="server")
@@ -161,7 +236,10 @@ class Service:
         self.dim = int(self.model.config.embedding_size)
         self.protection = SlerpFace.from_model(self.model, self.dim)
         # the store and the matcher are thread-safe; requests run in FastAPI's thread pool
-        self.matcher = Matcher(self.store, self.protection, use_faiss=use_faiss)
+        if matcher is None:
+            self.matcher: GalleryMatcher = Matcher(self.store, self.protection, use_faiss=use_faiss)
+        else:  # e.g. ppfr.serve.cluster's sharded gallery: same interface, other processes
+            self.matcher = matcher(self.store, self.protection)
         self.auth = Authenticator(self.store)
 
     # ---- requests
@@ -388,6 +466,22 @@ async def _access_log(request: Request, call_next):
     return response
 
 
+async def _admit(request: Request, call_next):
+    """The admission gate (module docstring, "Load shedding") for gallery requests."""
+    if not request.url.path.startswith("/v1/galleries/"):
+        return await call_next(request)
+    gate: Admission = request.app.state.admission
+    try:
+        await gate.enter()
+    except Unavailable as e:
+        log.info("shed: %d running, %d waiting", gate.running, gate.waiting)
+        return await _service_error(request, e)
+    try:
+        return await call_next(request)
+    finally:
+        gate.leave()
+
+
 def _answer(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"detail": message}, status_code=status, headers=headers)
 
@@ -398,7 +492,10 @@ async def _auth_error(request: Request, exc: AuthError) -> JSONResponse:
 
 
 async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
-    return _answer(exc.status, str(exc))
+    headers = None
+    if exc.retry_after is not None:  # whole seconds, at least 1 (RFC 9110)
+        headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
+    return _answer(exc.status, str(exc), headers)
 
 
 async def _input_error(request: Request, exc: PPFRError) -> JSONResponse:
@@ -436,6 +533,10 @@ def create_app(
     threshold: float | None = None,
     allow_unprotected: bool = False,
     use_faiss: bool = False,
+    matcher: MatcherFactory | None = None,
+    max_concurrent: int = DEFAULT_MAX_CONCURRENT,
+    max_queue: int = DEFAULT_MAX_QUEUE,
+    queue_timeout: float = DEFAULT_QUEUE_TIMEOUT,
 ) -> FastAPI:
     """Build the service app (see the module docstring): the service state and the routes."""
     app = FastAPI(
@@ -452,9 +553,12 @@ def create_app(
         threshold=threshold,
         allow_unprotected=allow_unprotected,
         use_faiss=use_faiss,
+        matcher=matcher,
     )
     for exc_type, handler in _ERROR_ANSWERS:
         app.add_exception_handler(exc_type, handler)
+    app.state.admission = Admission(max_concurrent, max_queue, queue_timeout)
     app.include_router(router)
-    app.middleware("http")(_access_log)
+    app.middleware("http")(_admit)
+    app.middleware("http")(_access_log)  # added last: runs first, so it logs the 503s too
     return app

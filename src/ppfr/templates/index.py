@@ -162,26 +162,16 @@ class SlerpFaceIndex:
         self.sf = sf
         self.dtype = dtype
         self.block = int(block)
-        self.n = int(p.shape[0])
+        self.n = 0
         g, s, c = sf.num_groups, sf.group_size, self.block
-        nb = -(-self.n // c)
+        nb = -(-int(p.shape[0]) // c)
         self.blocks = torch.zeros(nb, g, s, len(_ARRAYS) * c, dtype=dtype)
         self.scalars = torch.zeros(nb, 2, g, c, dtype=torch.float32)
         # zero-padded columns of the last block: |Mk|^2 = 1 keeps their denominator
         # positive, so they score 0 instead of 0 / 0 (which would send the block's last
         # columns to the slow exact path on every query)
         self.scalars[:, 1] = 1.0
-        for b in range(nb):
-            lo, hi = b * c, min(self.n, (b + 1) * c)
-            k_hat = sf._unit(sf._groups(k[lo:hi]))  # (rows, G, s)
-            mask = sf._keep_mask(k[lo:hi]).float()
-            masked = k_hat * mask
-            pg = sf._groups(p[lo:hi])
-            nudged = k_hat * (1.0 + _KEY_NUDGE)  # only for the cosine, see _finish
-            for j, arr in enumerate((nudged, masked, pg, mask)):
-                self.blocks[b, :, :, j * c : j * c + hi - lo] = arr.permute(1, 2, 0)
-            self.scalars[b, 0, :, : hi - lo] = (k_hat * pg).sum(-1).T
-            self.scalars[b, 1, :, : hi - lo] = (masked * masked).sum(-1).T
+        self._fill(p, k)
         # (1 - alpha_g, alpha_g), shaped to broadcast over (2, G, m, columns)
         self._uv_fractions = torch.stack([1.0 - sf.alphas, sf.alphas]).view(2, g, 1, 1)
         # the fused kernel's polynomials; fit_error is their worst error relative to the
@@ -197,6 +187,63 @@ class SlerpFaceIndex:
 
     def __len__(self) -> int:
         return self.n
+
+    @property
+    def capacity(self) -> int:
+        """Templates the allocated blocks hold before :meth:`append` must grow them."""
+        return self.blocks.shape[0] * self.block
+
+    def append(self, protected: Any, keys: Any) -> None:
+        """Add templates after the last one, in place: their scores are columns ``n`` onward.
+
+        Rows go into the last block's free columns, then into new blocks. When the
+        allocated blocks are full they grow by half (at least the blocks needed), so a
+        series of appends copies each stored byte O(1) times overall. Scores of the rows
+        already held do not change, and a caller scoring ``rows=slice(0, n_before)`` while
+        this runs reads only rows that were complete before it began.
+
+        Shape:
+            protected, keys: ``(k, dim)``.
+        """
+        p = _check_matrix(protected, self.sf.dim, "protected templates").detach().cpu()
+        k = _check_matrix(keys, self.sf.dim, "keys").detach().cpu()
+        if p.shape[0] != k.shape[0]:
+            raise InputError(
+                f"need one key per protected template, got {p.shape[0]} templates "
+                f"and {k.shape[0]} keys"
+            )
+        need = -(-(self.n + p.shape[0]) // self.block)
+        nb = self.blocks.shape[0]
+        if need > nb:
+            grow = max(need, nb + -(-nb // 2))
+            blocks = torch.zeros(grow, *self.blocks.shape[1:], dtype=self.dtype)
+            scalars = torch.zeros(grow, *self.scalars.shape[1:], dtype=torch.float32)
+            scalars[:, 1] = 1.0  # the padding convention of __init__
+            blocks[:nb] = self.blocks
+            scalars[:nb] = self.scalars
+            # readers that already hold the old tensors keep reading them; new calls see
+            # the grown ones, whose first n rows are identical
+            self.blocks, self.scalars = blocks, scalars
+        self._fill(p, k)
+
+    def _fill(self, p: Tensor, k: Tensor) -> None:
+        """Write rows ``p``, ``k`` (validated float32) at positions ``n`` onward; bump ``n``."""
+        sf, c = self.sf, self.block
+        start, end = self.n, self.n + int(p.shape[0])
+        for b in range(start // c, -(-end // c)):
+            lo, hi = max(start, b * c), min(end, (b + 1) * c)  # rows of block b
+            a, z = lo - b * c, hi - b * c  # their columns in it
+            kb, pb = k[lo - start : hi - start], p[lo - start : hi - start]
+            k_hat = sf._unit(sf._groups(kb))  # (rows, G, s)
+            mask = sf._keep_mask(kb).float()
+            masked = k_hat * mask
+            pg = sf._groups(pb)
+            nudged = k_hat * (1.0 + _KEY_NUDGE)  # only for the cosine, see _finish
+            for j, arr in enumerate((nudged, masked, pg, mask)):
+                self.blocks[b, :, :, j * c + a : j * c + z] = arr.permute(1, 2, 0)
+            self.scalars[b, 0, :, a:z] = (k_hat * pg).sum(-1).T
+            self.scalars[b, 1, :, a:z] = (masked * masked).sum(-1).T
+        self.n = end
 
     @property
     def nbytes(self) -> int:

@@ -21,6 +21,16 @@ Guarantees, both backends:
   the process being killed, and one that was not acknowledged leaves no row behind.
 - ``version(gallery)`` is bumped inside the same transaction as the change, so a reader
   that saw version *v* and later sees *v* again knows its cached snapshot is current.
+- A change log: every template row records the version that enrolled it, and every delete
+  leaves a row (gallery, version, subject). ``changes(gallery, since)`` returns, in one
+  read transaction, the subjects deleted and the rows enrolled after version ``since``: a
+  matcher holding a snapshot at ``since`` applies them in place instead of reloading the
+  gallery (:mod:`ppfr.serve.matching`). Version bumps are serialised per gallery (a write
+  lock in SQLite, the gallery row locked ``FOR UPDATE`` in PostgreSQL), so version order
+  is commit order and no write is missed.
+- Partitions: ``load(gallery, shard=(i, K))`` and ``changes(..., shard=(i, K))`` return only
+  the subjects with :func:`shard_of` ``(subject, K) == i``, all of a subject's templates
+  on one shard (the sharded gallery of :mod:`ppfr.serve.cluster`).
 - Keys are stored apart from templates: the template table has no key column; keys live
   in their own table (for SQLite, in a separate database file), joined by template id.
   A dump of the templates alone cannot be matched against (SlerpFace needs the key of
@@ -32,6 +42,7 @@ Only hashes of API keys are stored; hashing is the caller's job (``ppfr.serve.au
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 import time
@@ -46,10 +57,12 @@ from ppfr.errors import DataError, InputError
 
 __all__ = [
     "ApiKeyRecord",
+    "GalleryChanges",
     "GalleryMatrix",
     "GalleryStats",
     "GalleryStore",
     "open_store",
+    "shard_of",
 ]
 
 #: how arrays are laid out in the database: little-endian float32
@@ -97,6 +110,50 @@ class GalleryMatrix:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+
+@dataclass
+class GalleryChanges:
+    """What changed in a gallery after some version: apply ``deleted``, then append ``added``.
+
+    ``deleted`` are the subjects deleted after that version (each delete removed every
+    template the subject had then); ``added`` the rows enrolled after it that still exist
+    now, ordered by id, with ``added.version`` the gallery's current version. Deleting
+    first and appending second reproduces the gallery as it is now: a row enrolled and
+    later deleted is not in ``added``, and one enrolled after a delete of its subject is.
+    """
+
+    version: int
+    deleted: tuple[str, ...]
+    added: GalleryMatrix
+
+    def __bool__(self) -> bool:
+        return bool(self.deleted) or len(self.added) > 0
+
+
+def shard_of(subject: str, shards: int) -> int:
+    """The partition (of ``shards``) that holds ``subject``'s templates.
+
+    The first 32 bits of the MD5 of the UTF-8 name, modulo ``shards``: stable across
+    processes and machines (Python's ``hash`` is salted per process), and computable inside
+    PostgreSQL (``md5``), so a shard loads its partition without reading the others. MD5
+    spreads names evenly; nothing here depends on it being hard to invert.
+    """
+    if not isinstance(shards, int) or shards < 1:
+        raise InputError(f"shards must be a positive integer, got {shards!r}")
+    return int(hashlib.md5(subject.encode("utf-8")).hexdigest()[:8], 16) % shards
+
+
+def _check_shard(shard: tuple[int, int] | None) -> tuple[int, int] | None:
+    if shard is None:
+        return None
+    try:
+        i, k = shard
+    except (TypeError, ValueError):
+        raise InputError(f"shard must be a pair (index, count), got {shard!r}") from None
+    if not (isinstance(i, int) and isinstance(k, int) and 0 <= i < k):
+        raise InputError(f"shard must be (index, count) with 0 <= index < count, got {shard!r}")
+    return (i, k)
 
 
 class GalleryStore(ABC):
@@ -195,9 +252,34 @@ class GalleryStore(ABC):
     def galleries(self) -> list[str]:
         """Names of every gallery ever written, sorted."""
 
+    def load(self, gallery: str, shard: tuple[int, int] | None = None) -> GalleryMatrix:
+        """A consistent snapshot of the gallery (one read transaction).
+
+        ``shard=(i, K)``: only the rows of subjects with ``shard_of(subject, K) == i``.
+        """
+        return self._load(gallery, _check_shard(shard))
+
+    def changes(
+        self, gallery: str, since: int, shard: tuple[int, int] | None = None
+    ) -> GalleryChanges | None:
+        """What changed after version ``since`` (one read transaction), or None.
+
+        None means the log cannot bring a snapshot at ``since`` up to date: ``since`` is
+        newer than the store (it was restored from an older backup); reload instead.
+        """
+        if not isinstance(since, int) or since < 0:
+            raise InputError(f"since must be a version (an integer >= 0), got {since!r}")
+        return self._changes(gallery, since, _check_shard(shard))
+
     @abstractmethod
-    def load(self, gallery: str) -> GalleryMatrix:
-        """A consistent snapshot of the gallery (one read transaction)."""
+    def _load(self, gallery: str, shard: tuple[int, int] | None) -> GalleryMatrix:
+        """Backend part of :meth:`load`."""
+
+    @abstractmethod
+    def _changes(
+        self, gallery: str, since: int, shard: tuple[int, int] | None
+    ) -> GalleryChanges | None:
+        """Backend part of :meth:`changes`."""
 
     @abstractmethod
     def close(self) -> None:

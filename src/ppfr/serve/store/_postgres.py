@@ -30,6 +30,7 @@ import numpy as np
 from ppfr.errors import DataError, InputError
 from ppfr.serve.store import (
     ApiKeyRecord,
+    GalleryChanges,
     GalleryMatrix,
     GalleryStats,
     GalleryStore,
@@ -74,6 +75,16 @@ _SCHEMA = [
     )""",
     # float32 bytes do not compress, and a 512-d row (2 KB) would otherwise be moved to
     # the TOAST table: no compression attempts, and rows up to a page stay inline
+    # the change log (ppfr.serve.store): the version that enrolled each row (added in
+    # place to a store created before it), and one row per delete
+    "ALTER TABLE ppfr_templates ADD COLUMN IF NOT EXISTS version BIGINT NOT NULL DEFAULT 0",
+    "CREATE INDEX IF NOT EXISTS ppfr_templates_by_version ON ppfr_templates(gallery_id, version)",
+    """CREATE TABLE IF NOT EXISTS ppfr_deletions (
+        gallery_id BIGINT NOT NULL REFERENCES ppfr_galleries(id),
+        version BIGINT NOT NULL,
+        subject TEXT NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS ppfr_deletions_by_version ON ppfr_deletions(gallery_id, version)",
     "ALTER TABLE ppfr_templates ALTER COLUMN template SET STORAGE EXTERNAL",
     "ALTER TABLE ppfr_templates SET (toast_tuple_target = 8160)",
     "ALTER TABLE ppfr_keys.template_keys ALTER COLUMN key SET STORAGE EXTERNAL",
@@ -235,6 +246,11 @@ class PostgresStore(GalleryStore):
                     (dim, protected, gid),
                 )
             cur.execute(
+                "UPDATE ppfr_galleries SET version = version + 1 WHERE id = %s RETURNING version",
+                (gid,),
+            )
+            (version,) = cur.fetchone()
+            cur.execute(
                 "SELECT nextval(pg_get_serial_sequence('ppfr_templates', 'id')) "
                 "FROM generate_series(1, %s)",
                 (n,),
@@ -242,12 +258,12 @@ class PostgresStore(GalleryStore):
             ids = [int(r[0]) for r in cur.fetchall()]
             now = _now()
             with cur.copy(
-                "COPY ppfr_templates (id, gallery_id, subject, template, created) "
+                "COPY ppfr_templates (id, gallery_id, subject, template, created, version) "
                 "FROM STDIN (FORMAT BINARY)"
             ) as copy:
-                copy.set_types(["int8", "int8", "text", "bytea", "float8"])
+                copy.set_types(["int8", "int8", "text", "bytea", "float8", "int8"])
                 for j, i in enumerate(ids):
-                    copy.write_row((i, gid, subjects[j], templates[j].tobytes(), now))
+                    copy.write_row((i, gid, subjects[j], templates[j].tobytes(), now, version))
             if keys is not None:
                 with cur.copy(
                     "COPY ppfr_keys.template_keys (template_id, key) FROM STDIN (FORMAT BINARY)"
@@ -255,7 +271,6 @@ class PostgresStore(GalleryStore):
                     copy.set_types(["int8", "bytea"])
                     for j, i in enumerate(ids):
                         copy.write_row((i, keys[j].tobytes()))
-            cur.execute("UPDATE ppfr_galleries SET version = version + 1 WHERE id = %s", (gid,))
         return ids
 
     def delete_subject(self, gallery: str, subject: str) -> int:
@@ -272,6 +287,11 @@ class PostgresStore(GalleryStore):
             if n:
                 cur.execute(
                     "UPDATE ppfr_galleries SET version = version + 1 WHERE id = %s", (row[0],)
+                )
+                cur.execute(
+                    "INSERT INTO ppfr_deletions (gallery_id, version, subject) "
+                    "SELECT id, version, %s FROM ppfr_galleries WHERE id = %s",
+                    (subject, row[0]),
                 )
             return n
 
@@ -308,30 +328,60 @@ class PostgresStore(GalleryStore):
             cur.execute("SELECT name FROM ppfr_galleries ORDER BY name")
             return [r[0] for r in cur.fetchall()]
 
-    def load(self, gallery: str) -> GalleryMatrix:
+    def _load(self, gallery: str, shard: tuple[int, int] | None) -> GalleryMatrix:
         with self._tx(repeatable=True) as cur:
             row = self._gallery_row(cur, gallery)
             if row is None or row[1] is None:
                 return _empty(0 if row is None else int(row[3]), row is not None and row[2])
-            gid, dim, protected, version = row
-            cur.execute("SELECT COUNT(*) FROM ppfr_templates WHERE gallery_id = %s", (gid,))
-            (n,) = cur.fetchone()
-            if protected:
-                sql = (
-                    "SELECT t.id, t.subject, t.template, k.key FROM ppfr_templates t "
-                    "LEFT JOIN ppfr_keys.template_keys k ON k.template_id = t.id "
-                    "WHERE t.gallery_id = %s ORDER BY t.id"
-                )
-            else:
-                sql = (
-                    "SELECT id, subject, template FROM ppfr_templates WHERE gallery_id = %s "
-                    "ORDER BY id"
-                )
-            # a server-side cursor streams the rows instead of materialising them all
-            with self._conn.cursor("ppfr_load", binary=True) as scur:
-                scur.itersize = 16384
-                scur.execute(sql, (gid,))
-                return _matrix(gallery, scur, int(n), dim, bool(protected), int(version))
+            return self._rows(cur, gallery, row, None, shard)
+
+    def _changes(
+        self, gallery: str, since: int, shard: tuple[int, int] | None
+    ) -> GalleryChanges | None:
+        with self._tx(repeatable=True) as cur:
+            row = self._gallery_row(cur, gallery)
+            version = 0 if row is None else int(row[3])
+            if since > version:
+                return None
+            if row is None or row[1] is None or since == version:
+                protected = row is not None and bool(row[2])
+                return GalleryChanges(version, (), _empty(version, protected))
+            where, args = _filter(row[0], since, shard, "d.")
+            cur.execute(
+                f"SELECT d.subject FROM ppfr_deletions d WHERE {where} ORDER BY d.version", args
+            )
+            deleted = tuple(r[0] for r in cur.fetchall())
+            return GalleryChanges(version, deleted, self._rows(cur, gallery, row, since, shard))
+
+    def _rows(
+        self,
+        cur,  # noqa: ANN001 - a psycopg cursor inside a REPEATABLE READ transaction
+        gallery: str,
+        row: tuple,
+        since: int | None,
+        shard: tuple[int, int] | None,
+    ) -> GalleryMatrix:
+        """The gallery's rows (enrolled after ``since``; of one ``shard``), ordered by id."""
+        gid, dim, protected, version = row
+        where, args = _filter(gid, since, shard, "t.")
+        cur.execute(f"SELECT COUNT(*) FROM ppfr_templates t WHERE {where}", args)
+        (n,) = cur.fetchone()
+        if protected:
+            sql = (
+                "SELECT t.id, t.subject, t.template, k.key FROM ppfr_templates t "
+                f"LEFT JOIN ppfr_keys.template_keys k ON k.template_id = t.id WHERE {where} "
+                "ORDER BY t.id"
+            )
+        else:
+            sql = (
+                "SELECT t.id, t.subject, t.template FROM ppfr_templates t "
+                f"WHERE {where} ORDER BY t.id"
+            )
+        # a server-side cursor streams the rows instead of materialising them all
+        with self._conn.cursor("ppfr_load", binary=True) as scur:
+            scur.itersize = 16384
+            scur.execute(sql, args)
+            return _matrix(gallery, scur, int(n), dim, bool(protected), int(version))
 
     def close(self) -> None:
         with self._lock:
@@ -341,6 +391,24 @@ class PostgresStore(GalleryStore):
 
     def __repr__(self) -> str:
         return f"PostgresStore({self.where!r})"
+
+
+def _filter(
+    gid: int, since: int | None, shard: tuple[int, int] | None, alias: str
+) -> tuple[str, tuple]:
+    """WHERE clause (and its arguments) selecting a gallery's rows after ``since``, of ``shard``.
+
+    The shard test is :func:`ppfr.serve.store.shard_of` in SQL: the first 32 bits of the
+    name's MD5 as an unsigned integer, modulo the shard count.
+    """
+    where, args = [f"{alias}gallery_id = %s"], [gid]
+    if since is not None:
+        where.append(f"{alias}version > %s")
+        args.append(since)
+    if shard is not None:
+        where.append(f"(('x' || substr(md5({alias}subject), 1, 8))::bit(32)::bigint %% %s) = %s")
+        args += [shard[1], shard[0]]
+    return " AND ".join(where), tuple(args)
 
 
 def _api_record(row: tuple) -> ApiKeyRecord:

@@ -31,6 +31,7 @@ import numpy as np
 from ppfr.errors import DataError, InputError
 from ppfr.serve.store import (
     ApiKeyRecord,
+    GalleryChanges,
     GalleryMatrix,
     GalleryStats,
     GalleryStore,
@@ -40,11 +41,13 @@ from ppfr.serve.store import (
     _galleries_to_json,
     _matrix,
     _now,
+    shard_of,
 )
 
 #: PRAGMA application_id of a ppfr gallery file ("PPFR" in ASCII), to refuse foreign files
 APPLICATION_ID = 0x50504652
-SCHEMA_VERSION = 1
+#: 2: the change log (templates.version, the deletions table); files of 1 are upgraded
+SCHEMA_VERSION = 2
 
 _MAIN_SCHEMA = """
 CREATE TABLE IF NOT EXISTS main.galleries (
@@ -59,9 +62,16 @@ CREATE TABLE IF NOT EXISTS main.templates (
     gallery_id INTEGER NOT NULL REFERENCES galleries(id),
     subject TEXT NOT NULL,
     template BLOB NOT NULL,
-    created REAL NOT NULL
+    created REAL NOT NULL,
+    version INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS main.templates_by_subject ON templates(gallery_id, subject);
+CREATE TABLE IF NOT EXISTS main.deletions (
+    gallery_id INTEGER NOT NULL REFERENCES galleries(id),
+    version INTEGER NOT NULL,
+    subject TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS main.deletions_by_version ON deletions(gallery_id, version);
 CREATE TABLE IF NOT EXISTS main.api_keys (
     key_id TEXT PRIMARY KEY,
     secret_hash TEXT NOT NULL,
@@ -75,6 +85,11 @@ CREATE TABLE IF NOT EXISTS keys.template_keys (
     template_id INTEGER PRIMARY KEY,
     key BLOB NOT NULL
 );
+"""
+
+
+_LOG_INDEX = """
+CREATE INDEX IF NOT EXISTS main.templates_by_version ON templates(gallery_id, version);
 """
 
 
@@ -158,6 +173,8 @@ class SQLiteStore(GalleryStore):
                 db.execute(f"PRAGMA {schema}.journal_mode=DELETE")
                 db.execute(f"PRAGMA {schema}.synchronous=FULL")
             db.execute("PRAGMA foreign_keys=ON")
+            # partitions are selected inside SQL by the same function Python uses
+            db.create_function("ppfr_shard", 2, shard_of, deterministic=True)
             db.execute("BEGIN IMMEDIATE")
         except sqlite3.DatabaseError as e:
             raise DataError(
@@ -165,7 +182,13 @@ class SQLiteStore(GalleryStore):
                 "it is corrupt"
             ) from e
         try:
-            for stmt in (_MAIN_SCHEMA + _KEYS_SCHEMA).split(";"):
+            if "templates" in tables:  # a schema-1 file: add the change log's column
+                columns = {r[1] for r in db.execute("PRAGMA main.table_info(templates)")}
+                if "version" not in columns:
+                    db.execute(
+                        "ALTER TABLE main.templates ADD COLUMN version INTEGER NOT NULL DEFAULT 0"
+                    )
+            for stmt in (_MAIN_SCHEMA + _KEYS_SCHEMA + _LOG_INDEX).split(";"):
                 if stmt.strip():
                     db.execute(stmt)
             db.execute(f"PRAGMA main.application_id={APPLICATION_ID}")
@@ -263,22 +286,26 @@ class SQLiteStore(GalleryStore):
                         "UPDATE galleries SET dim = ?, protected = ? WHERE id = ?",
                         (dim, int(protected), gid),
                     )
+            db.execute("UPDATE galleries SET version = version + 1 WHERE id = ?", (gid,))
+            (version,) = db.execute("SELECT version FROM galleries WHERE id = ?", (gid,)).fetchone()
             # ids allocated under the write lock (BEGIN IMMEDIATE), so executemany can use them
             seq = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'templates'").fetchone()
             first = (seq[0] if seq else 0) + 1
             ids = list(range(first, first + n))
             now = _now()
             db.executemany(
-                "INSERT INTO templates (id, gallery_id, subject, template, created) "
-                "VALUES (?, ?, ?, ?, ?)",
-                ((i, gid, subjects[j], templates[j].tobytes(), now) for j, i in enumerate(ids)),
+                "INSERT INTO templates (id, gallery_id, subject, template, created, version) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    (i, gid, subjects[j], templates[j].tobytes(), now, version)
+                    for j, i in enumerate(ids)
+                ),
             )
             if keys is not None:
                 db.executemany(
                     "INSERT INTO keys.template_keys (template_id, key) VALUES (?, ?)",
                     ((i, keys[j].tobytes()) for j, i in enumerate(ids)),
                 )
-            db.execute("UPDATE galleries SET version = version + 1 WHERE id = ?", (gid,))
         return ids
 
     def delete_subject(self, gallery: str, subject: str) -> int:
@@ -297,6 +324,11 @@ class SQLiteStore(GalleryStore):
             ).rowcount
             if n:
                 db.execute("UPDATE galleries SET version = version + 1 WHERE id = ?", (gid,))
+                db.execute(
+                    "INSERT INTO deletions (gallery_id, version, subject) "
+                    "SELECT id, version, ? FROM galleries WHERE id = ?",
+                    (subject, gid),
+                )
             return n
 
     def subjects(self, gallery: str) -> list[str]:
@@ -328,28 +360,58 @@ class SQLiteStore(GalleryStore):
         with self._tx(write=False) as db:
             return [r[0] for r in db.execute("SELECT name FROM galleries ORDER BY name")]
 
-    def load(self, gallery: str) -> GalleryMatrix:
+    def _load(self, gallery: str, shard: tuple[int, int] | None) -> GalleryMatrix:
         with self._tx(write=False) as db:
             row = self._gallery_row(db, gallery)
             if row is None or row[1] is None:
                 return _empty(0 if row is None else row[3], row is not None and bool(row[2]))
-            gid, dim, protected, version = row
-            (n,) = db.execute(
-                "SELECT COUNT(*) FROM templates WHERE gallery_id = ?", (gid,)
-            ).fetchone()
-            if protected:
-                cur = db.execute(
-                    "SELECT t.id, t.subject, t.template, k.key FROM templates t "
-                    "LEFT JOIN keys.template_keys k ON k.template_id = t.id "
-                    "WHERE t.gallery_id = ? ORDER BY t.id",
-                    (gid,),
+            return self._rows(db, gallery, row, since=None, shard=shard)
+
+    def _changes(
+        self, gallery: str, since: int, shard: tuple[int, int] | None
+    ) -> GalleryChanges | None:
+        with self._tx(write=False) as db:
+            row = self._gallery_row(db, gallery)
+            version = 0 if row is None else int(row[3])
+            if since > version:
+                return None
+            if row is None or row[1] is None or since == version:
+                protected = row is not None and bool(row[2])
+                return GalleryChanges(version, (), _empty(version, protected))
+            where, args = _filter(row[0], since, shard, "d.")
+            deleted = tuple(
+                r[0]
+                for r in db.execute(
+                    f"SELECT d.subject FROM deletions d WHERE {where} ORDER BY d.version", args
                 )
-            else:
-                cur = db.execute(
-                    "SELECT id, subject, template FROM templates WHERE gallery_id = ? ORDER BY id",
-                    (gid,),
-                )
-            return _matrix(gallery, cur, n, dim, bool(protected), version)
+            )
+            return GalleryChanges(version, deleted, self._rows(db, gallery, row, since, shard))
+
+    @staticmethod
+    def _rows(
+        db: sqlite3.Connection,
+        gallery: str,
+        row: tuple,
+        since: int | None,
+        shard: tuple[int, int] | None,
+    ) -> GalleryMatrix:
+        """The gallery's rows (enrolled after ``since``; of one ``shard``), ordered by id."""
+        gid, dim, protected, version = row
+        where, args = _filter(gid, since, shard, "t.")
+        (n,) = db.execute(f"SELECT COUNT(*) FROM templates t WHERE {where}", args).fetchone()
+        if protected:
+            cur = db.execute(
+                "SELECT t.id, t.subject, t.template, k.key FROM templates t "
+                f"LEFT JOIN keys.template_keys k ON k.template_id = t.id WHERE {where} "
+                "ORDER BY t.id",
+                args,
+            )
+        else:
+            cur = db.execute(
+                f"SELECT t.id, t.subject, t.template FROM templates t WHERE {where} ORDER BY t.id",
+                args,
+            )
+        return _matrix(gallery, cur, n, dim, bool(protected), version)
 
     def close(self) -> None:
         with self._lock:
@@ -359,6 +421,20 @@ class SQLiteStore(GalleryStore):
 
     def __repr__(self) -> str:
         return f"SQLiteStore({str(self.path)!r})"
+
+
+def _filter(
+    gid: int, since: int | None, shard: tuple[int, int] | None, alias: str
+) -> tuple[str, tuple]:
+    """WHERE clause (and its arguments) selecting a gallery's rows after ``since``, of ``shard``."""
+    where, args = [f"{alias}gallery_id = ?"], [gid]
+    if since is not None:
+        where.append(f"{alias}version > ?")
+        args.append(since)
+    if shard is not None:
+        where.append(f"ppfr_shard({alias}subject, ?) = ?")
+        args += [shard[1], shard[0]]
+    return " AND ".join(where), tuple(args)
 
 
 def _api_record(row: tuple) -> ApiKeyRecord:
