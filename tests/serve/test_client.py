@@ -1,5 +1,6 @@
 import json
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -112,12 +113,22 @@ def test_parallel_clients(server, bundle):
 
         h = {"Authorization": f"Bearer {keys['g1']}", "Content-Type": "application/octet-stream"}
         body = encode_representation(reps[i : i + 1], fp)
+
+        def post(http, path):  # as a client should: back off when told to (503, Retry-After)
+            for _ in range(30):
+                r = http.post(path, content=body, headers=h)
+                if r.status_code != 503:
+                    return r
+                assert "retry-after" in r.headers
+                time.sleep(0.2)
+            return r
+
         try:
             with httpx.Client(base_url=url, timeout=60) as http:
-                r = http.post(f"/v1/galleries/g1/subjects/t{i}", content=body, headers=h)
+                r = post(http, f"/v1/galleries/g1/subjects/t{i}")
                 assert r.status_code == 200, r.text
                 for _ in range(n_requests - 1):
-                    r = http.post(f"/v1/galleries/g1/subjects/t{i}/verify", content=body, headers=h)
+                    r = post(http, f"/v1/galleries/g1/subjects/t{i}/verify")
                     assert r.status_code == 200, r.text
                     answers.append(r.json()["match"])
         except Exception as e:  # collected: a failing thread must fail the test
@@ -169,3 +180,25 @@ def test_client_cli(server, bundle, tmp_path):
         cli, ["client", "stats", "--url", url, "--key", keys["g1"], "--gallery", "g2"]
     )
     assert r.exit_code == 2 and "HTTP 403" in r.output
+
+
+def test_sdk_backs_off_on_503_as_retry_after_says():
+    import httpx
+
+    calls = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(time.monotonic())
+        if len(calls) <= 2:
+            return httpx.Response(
+                503, json={"detail": "at capacity"}, headers={"Retry-After": "0.2"}
+            )
+        return httpx.Response(200, json={"templates": 3})
+
+    http = httpx.Client(transport=httpx.MockTransport(handler), base_url="http://test")
+    assert Client("http://test", "ppfr_x_y", http=http).stats("g") == {"templates": 3}
+    assert len(calls) == 3 and calls[2] - calls[0] >= 0.2  # waited (0.5-1.5 x 0.2 s each)
+    calls.clear()
+    with pytest.raises(ServerError) as e:
+        Client("http://test", "ppfr_x_y", http=http, retry_for=0).stats("g")
+    assert e.value.status == 503 and len(calls) == 1

@@ -22,6 +22,8 @@ Errors: an HTTP error becomes :class:`ServerError` with the status and the serve
 from __future__ import annotations
 
 import os
+import random
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -64,6 +66,10 @@ class Client:
             ``max_batch``, 64 by default); an enrolment is always one request.
         http: an ``httpx.Client`` to use instead of opening one (tests pass FastAPI's
             ``TestClient``); its base URL is used as is.
+        retry_for: seconds to keep retrying a request the server answered 503 (overloaded,
+            or a shard being rebuilt), waiting what its ``Retry-After`` says (with jitter
+            from a seeded generator); 0 raises at the first 503. Safe for every call: a
+            503 means the request was refused before any work.
     """
 
     def __init__(
@@ -78,8 +84,11 @@ class Client:
         generator: torch.Generator | None = None,
         batch_size: int = 32,
         http: httpx.Client | None = None,
+        retry_for: float = 30.0,
     ) -> None:
         self.url = url.rstrip("/")
+        self.retry_for = float(retry_for)
+        self._jitter = random.Random(0)
         self.align = align
         self.wire_dtype = wire_dtype
         self.generator = generator
@@ -139,12 +148,20 @@ class Client:
         headers = dict(self._headers)
         if body is not None:
             headers["Content-Type"] = wire.MEDIA_TYPE
-        try:
-            r = self._http.request(
-                method, path, content=body, headers=headers, params=params or None
-            )
-        except httpx.HTTPError as e:
-            raise ServerError(0, f"cannot reach {self.url}: {e}") from None
+        give_up = time.monotonic() + self.retry_for
+        while True:
+            try:
+                r = self._http.request(
+                    method, path, content=body, headers=headers, params=params or None
+                )
+            except httpx.HTTPError as e:
+                raise ServerError(0, f"cannot reach {self.url}: {e}") from None
+            if r.status_code != 503:
+                break
+            wait = _retry_after(r.headers.get("retry-after")) * (0.5 + self._jitter.random())
+            if time.monotonic() + wait > give_up:
+                break
+            time.sleep(wait)
         if r.status_code >= 400:
             try:
                 detail = r.json().get("detail", r.text)
@@ -204,3 +221,11 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _retry_after(value: str | None) -> float:
+    """Seconds from a ``Retry-After`` header (delay-seconds form); 1 if absent or a date."""
+    try:
+        return min(max(float(value), 0.1), 30.0) if value is not None else 1.0
+    except ValueError:
+        return 1.0
