@@ -49,3 +49,22 @@ def machine() -> str:
 
     cpu = platform.processor() or platform.machine()
     return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
+
+
+def only_loopback() -> bool:
+    """True inside a network namespace whose only interface is ``lo``."""
+    out = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    return [line.split(":")[1].strip() for line in out.splitlines() if line] == ["lo"]
+
+
+def rerun_in_namespace() -> None:
+    """Run this script again inside a fresh network namespace holding only ``lo``, and exit.
+
+    Ray binds some of its servers to the machine's address whatever it is told; in such a
+    namespace there is no address but 127.0.0.1 to bind to.
+    """
+    import os
+
+    unshare = ["unshare", "-n"] if os.geteuid() == 0 else ["unshare", "-rn"]
+    cmd = [*unshare, "sh", "-c", 'ip link set lo up && exec "$0" "$@"', sys.executable, *sys.argv]
+    raise SystemExit(subprocess.call(cmd))

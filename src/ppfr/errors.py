@@ -39,6 +39,7 @@ EXTRA_MODULES = {
     "httpx": "serve",
     "psycopg": "serve",
     "faiss": "serve",
+    "ray": "cluster",  # ppfr serve --cluster
 }
 
 

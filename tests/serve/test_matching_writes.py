@@ -223,3 +223,17 @@ def test_shards_partition_the_gallery_and_merge_to_the_whole(store_url, sf, shar
                 row.extend(ranked)
         merged = [sorted(row, key=lambda sv: -sv[1]) for row in merged]
         _same(merged, whole)
+
+
+def test_equal_scores_rank_by_name(tmp_path):
+    """Exact ties (the same template under several names) come out in name order, as the
+    sharded gallery's merge orders them, wherever the rows sit (main part or tail)."""
+    t = _unit(1, torch.Generator().manual_seed(0))
+    with open_store(f"sqlite:///{tmp_path / 'g.db'}") as store:
+        for name in ("m", "c", "x"):
+            store.enroll("g", name, t.numpy(), None)
+        m = Matcher(store, None, compact_min=10**9)
+        m.identify("g", t)
+        for name in ("a", "q"):  # into the tail
+            store.enroll("g", name, t.numpy(), None)
+        assert [s for s, _ in m.identify("g", t, top_k=5)[0]] == ["a", "c", "m", "q", "x"]

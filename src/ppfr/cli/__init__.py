@@ -30,6 +30,7 @@ from ppfr.cli import (
     eval,
     export,
     judge,
+    keyholder,
     keys,
     protect,
     serve,
@@ -70,7 +71,7 @@ def version() -> None:
     console.print(json.dumps({"ppfr": ppfr.__version__, "torch": torch.__version__}))
 
 
-for group in (data, eval, bench, align, judge, attack, serve, export, keys, client):
+for group in (data, eval, bench, align, judge, attack, serve, export, keys, keyholder, client):
     group.register(app)
 
 __all__ = ["app"]

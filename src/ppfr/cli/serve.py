@@ -1,6 +1,7 @@
 """``ppfr serve`` and ``ppfr calibrate``: the recognition service and its threshold.
 
 ppfr serve --model DIR [--db URL] [--host H --port P] [--threshold T]
+ppfr serve --model DIR --cluster ADDRESS|local --shards K --replicas R  (ppfr[cluster])
 ppfr calibrate --model DIR [--far 1e-3]
 
 The database URL defaults to ``$PPFR_DB`` or ``sqlite:///ppfr-gallery.db``
@@ -10,6 +11,7 @@ The database URL defaults to ``$PPFR_DB`` or ``sqlite:///ppfr-gallery.db``
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -17,6 +19,11 @@ import torch
 import typer
 
 from ppfr.cli._common import DEFAULT_DB, DbOpt, console, friendly
+from ppfr.errors import InputError
+
+#: the service's admission default (ppfr.serve.app.DEFAULT_MAX_CONCURRENT), without
+#: importing FastAPI for ``ppfr --help``
+DEFAULT_MAX_CONCURRENT = max(1, len(os.sched_getaffinity(0)))
 
 
 @friendly
@@ -33,10 +40,74 @@ def serve_cmd(
     allow_unprotected: Annotated[
         bool, typer.Option(help="Serve arcface (faces sent in the clear): baselines only.")
     ] = False,
+    max_concurrent: Annotated[
+        int,
+        typer.Option(help="Gallery requests at work at once (default: the CPU count); more wait."),
+    ] = 0,
+    max_queue: Annotated[
+        int, typer.Option(help="Gallery requests waiting; past it: 503 with Retry-After.")
+    ] = 32,
+    queue_timeout: Annotated[
+        float, typer.Option(help="Seconds a request may wait for a slot before a 503.")
+    ] = 1.0,
     workers_threads: Annotated[int, typer.Option(help="Torch threads for embedding.")] = 0,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
+    cluster: Annotated[
+        str | None,
+        typer.Option(help="Ray cluster address (HEAD_IP:6379) or 'local': serve on Ray Serve."),
+    ] = None,
+    shards: Annotated[int, typer.Option(help="With --cluster: gallery shards.")] = 1,
+    replicas: Annotated[int, typer.Option(help="With --cluster: service replicas.")] = 1,
+    shard_cpus: Annotated[float, typer.Option(help="With --cluster: CPUs per shard.")] = 1.0,
+    replica_cpus: Annotated[float, typer.Option(help="With --cluster: CPUs per replica.")] = 1.0,
+    shard_timeout: Annotated[
+        float, typer.Option(help="With --cluster: seconds to wait for shards before a 503.")
+    ] = 30.0,
+    # --- encrypted gallery (ppfr.serve.encrypted_matcher, docs/templates.md)
+    encrypted_dir: Annotated[
+        Path | None,
+        typer.Option(help="Keep encrypted galleries here (needs --keyholder-url)."),
+    ] = None,
+    keyholder_url: Annotated[
+        str | None, typer.Option(help="The key holder (ppfr keyholder serve) base URL.")
+    ] = None,
+    keyholder_token: Annotated[
+        str | None,
+        typer.Option(envvar="PPFR_KEYHOLDER_TOKEN", help="Bearer token for the key holder."),
+    ] = None,
 ) -> None:
     """Run the recognition service (FastAPI on uvicorn). Loads only the server bundle."""
+    if cluster is not None:  # the same app on a Ray cluster (ppfr.serve.cluster; ppfr[cluster])
+        if encrypted_dir is not None or keyholder_url is not None:
+            raise InputError("--cluster serves SlerpFace galleries; --encrypted-dir does not apply")
+        from ppfr.serve.cluster.service import serve_cluster
+
+        logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(message)s")
+        serve_cluster(
+            model,
+            db,
+            address=cluster,
+            shards=shards,
+            replicas=replicas,
+            host=host,
+            port=port,
+            shard_cpus=shard_cpus,
+            replica_cpus=replica_cpus,
+            shard_timeout=shard_timeout,
+            app_options={
+                "max_body_bytes": max_body_bytes,
+                "max_batch": max_batch,
+                "threshold": threshold,
+                "allow_unprotected": allow_unprotected,
+                "max_concurrent": max_concurrent or DEFAULT_MAX_CONCURRENT,
+                "max_queue": max_queue,
+                "queue_timeout": queue_timeout,
+            },
+            announce=lambda line: console.print(line, highlight=False),
+        )
+        return
+    if shards != 1 or replicas != 1:
+        raise InputError("--shards and --replicas need --cluster (ADDRESS or local)")
     # deferred: FastAPI and uvicorn take longer to import than the rest of the CLI
     import uvicorn
 
@@ -45,6 +116,16 @@ def serve_cmd(
     if workers_threads > 0:
         torch.set_num_threads(workers_threads)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(message)s")
+    # --- encrypted gallery: its matcher, and the key holder's threshold as the service's
+    matcher = None
+    if (encrypted_dir is None) != (keyholder_url is None):
+        raise InputError("--encrypted-dir and --keyholder-url go together")
+    if encrypted_dir is not None:
+        from ppfr.serve.encrypted_matcher import EncryptedMatcher
+        from ppfr.serve.keyholder import KeyHolderClient
+
+        enc = EncryptedMatcher(encrypted_dir, KeyHolderClient(keyholder_url, keyholder_token or ""))
+        matcher, threshold = (lambda store, protection: enc), enc.threshold
     app = create_app(
         model,
         db,
@@ -52,6 +133,10 @@ def serve_cmd(
         max_batch=max_batch,
         threshold=threshold,
         allow_unprotected=allow_unprotected,
+        max_concurrent=max_concurrent or DEFAULT_MAX_CONCURRENT,
+        max_queue=max_queue,
+        queue_timeout=queue_timeout,
+        matcher=matcher,
     )
     svc = app.state.service
     console.print(

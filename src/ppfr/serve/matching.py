@@ -83,6 +83,12 @@ MatcherFactory = Callable[[GalleryStore, "SlerpFace | None"], GalleryMatcher]
 
 #: bound on the (queries x templates) score block held at once: 2**25 floats = 128 MiB
 _SCORE_BLOCK = 1 << 25
+
+
+def _rank(candidate: tuple[str, float]) -> tuple[float, str]:
+    return (-candidate[1], candidate[0])
+
+
 #: templates per block of the tail's SlerpFace index (the index module's default block)
 _TAIL_BLOCK = 2048
 
@@ -309,8 +315,11 @@ class Matcher:
             best = self._best(q[i : i + block], snap, k)  # (b, subjects)
             top = np.argpartition(-best, k - 1, axis=1)[:, :k]
             for row, cols in zip(best, top, strict=True):
-                cols = cols[np.argsort(-row[cols], kind="stable")]
-                out.append([(snap._name(int(c)), float(row[c])) for c in cols])
+                names = [snap._name(int(c)) for c in cols]
+                # descending score, equal scores by name: the order a sharded gallery's
+                # merge (ppfr.serve.cluster.merge) gives too
+                ranked = sorted(zip(names, row[cols].tolist(), strict=True), key=_rank)
+                out.append([(name, float(score)) for name, score in ranked])
         return out
 
     def verify(self, gallery: str, query: Tensor, subject: str) -> float:

@@ -7,7 +7,9 @@
 * :mod:`ppfr.templates.kernel`: the numba-compiled scoring kernel and the slerp weights as
   polynomials it evaluates;
 * :mod:`ppfr.templates.metrics`: ISO/IEC 24745 properties of protected templates
-  (unlinkability, :func:`unlinkability`).
+  (unlinkability, :func:`unlinkability`);
+* :mod:`ppfr.templates.encrypted`: an encrypted gallery (ternary templates, CKKS, IDFace's
+  additions-only packing) and its :class:`KeyHolder`; needs the ``encrypted`` extra.
 
 Example:
     >>> import torch
@@ -19,6 +21,7 @@ Example:
     torch.Size([3, 3])
 """
 
+from ppfr.templates.encrypted import EncryptedConfig, EncryptedGallery, KeyHolder, ternarise
 from ppfr.templates.index import SlerpFaceIndex
 from ppfr.templates.kernel import slerp_weight_polynomials
 from ppfr.templates.metrics import Unlinkability, kde, unlinkability
@@ -30,6 +33,9 @@ from ppfr.templates.slerpface import (
 )
 
 __all__ = [
+    "EncryptedConfig",
+    "EncryptedGallery",
+    "KeyHolder",
     "SlerpFace",
     "SlerpFaceConfig",
     "SlerpFaceIndex",
@@ -38,5 +44,6 @@ __all__ = [
     "group_weights_from_templates",
     "kde",
     "slerp_weight_polynomials",
+    "ternarise",
     "unlinkability",
 ]
