@@ -96,7 +96,7 @@ def start(args, bundle: Path, db: str, port: int) -> subprocess.Popen:
     if args.max_concurrent:
         cmd += ["--max-concurrent", str(args.max_concurrent)]
     cmd += ["--max-queue", str(args.max_queue)]
-    cmd += ["--queue-timeout", str(args.queue_timeout)]
+    cmd += ["--queue-timeout", str(args.queue_timeout), "--index-dtype", args.index_dtype]
     if args.cluster:
         cmd += ["--cluster", "local", "--shards", str(args.shards)]
         cmd += ["--replicas", str(args.replicas), "--shard-cpus", str(args.shard_cpus)]
@@ -171,8 +171,9 @@ def main() -> None:
     ap.add_argument("--gallery-size", type=int, default=0, help="synthetic templates first")
     ap.add_argument("--max-concurrent", type=int, default=0, help="0: the service's default")
     ap.add_argument("--max-queue", type=int, default=32)
-    ap.add_argument("--queue-timeout", type=float, default=1.0)
+    ap.add_argument("--queue-timeout", type=float, default=0.5)
     ap.add_argument("--model-size", choices=["demo", "default"], default="demo")
+    ap.add_argument("--index-dtype", choices=["float32", "float16"], default="float32")
     ap.add_argument("--cluster", action="store_true", help="serve on a local Ray cluster")
     ap.add_argument("--shards", type=int, default=2)
     ap.add_argument("--replicas", type=int, default=2)
@@ -275,7 +276,7 @@ def main() -> None:
     )
     print(
         f"\n{machine()}; ppfr {ppfr.__version__}; {mode}; {args.model_size} MinusFace; "
-        f"gallery {args.gallery_size:,} + 10; "
+        f"gallery {args.gallery_size:,} + 10 ({args.index_dtype} index); "
         f"{args.faces} faces per request; gate {args.max_concurrent or 'CPU count'} at work, "
         f"{args.max_queue} queued, {args.queue_timeout:g} s; load generator on the same cores\n"
     )

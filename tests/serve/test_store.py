@@ -456,3 +456,24 @@ def test_schema_1_sqlite_file_is_upgraded(tmp_path):
         ch = s.changes("g", v)
         assert ch.deleted == ("alice",) and list(ch.added.subjects) == ["bob"]
         assert list(s.load("g").subjects) == ["bob"]
+
+
+def test_opening_does_not_wait_for_a_long_reader(tmp_path):
+    """A shard loading its partition holds a read lock for minutes; other processes must
+    still open the store (a current file needs no write to open) and read it."""
+    import time
+
+    path = tmp_path / "g.db"
+    with open_store(f"sqlite:///{path}") as s:
+        s.enroll("g", "alice", _rows(1, 1), _rows(1, 2))
+    reader = sqlite3.connect(path, isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT COUNT(*) FROM templates").fetchone()  # holds a shared lock
+    try:
+        t0 = time.monotonic()
+        with open_store(f"sqlite:///{path}") as s:
+            assert list(s.load("g").subjects) == ["alice"]
+        assert time.monotonic() - t0 < 10  # the busy timeout is 30 s
+    finally:
+        reader.execute("COMMIT")
+        reader.close()

@@ -18,6 +18,7 @@ from typing import Annotated
 import typer
 
 from ppfr.cli._common import console, friendly
+from ppfr.errors import InputError
 
 KeyFileOpt = Annotated[
     Path,
@@ -42,6 +43,7 @@ def create(
     force: Annotated[bool, typer.Option(help="Overwrite an existing key file.")] = False,
 ) -> None:
     """Create a key pair (CKKS, 128-bit parameters) in a new key file."""
+    # deferred: TenSEAL and FastAPI load only for the key holder's commands
     from ppfr.serve.keyholder import create_key_file
 
     holder = create_key_file(key_file, threshold=threshold, max_k=max_k, force=force)
@@ -52,6 +54,7 @@ def create(
 @friendly
 def rotate(key_file: KeyFileOpt) -> None:
     """Replace the key pair (renewal); galleries under the old key must be re-enrolled."""
+    # deferred: TenSEAL and FastAPI load only for the key holder's commands
     from ppfr.serve.keyholder import rotate_key_file
 
     old, new = rotate_key_file(key_file)
@@ -70,7 +73,7 @@ def revoke(
     ] = False,
 ) -> None:
     """Destroy the key: every gallery under it becomes undecryptable for good."""
-    from ppfr.errors import InputError
+    # deferred: TenSEAL and FastAPI load only for the key holder's commands
     from ppfr.serve.keyholder import revoke_key_file
 
     if not yes:
@@ -85,6 +88,7 @@ def public(
     out: Annotated[Path, typer.Option("--out", help="Where to write the public context.")],
 ) -> None:
     """Write the public context (no secret key) for the enrolling, matching side."""
+    # deferred: TenSEAL and FastAPI load only for the key holder's commands
     from ppfr.templates.encrypted import KeyHolder
 
     holder, _ = KeyHolder.load(key_file)
@@ -96,6 +100,7 @@ def public(
 @friendly
 def token_create(key_file: KeyFileOpt) -> None:
     """Create a bearer token; printed once on stdout (only its hash is kept)."""
+    # deferred: TenSEAL and FastAPI load only for the key holder's commands
     from ppfr.serve.keyholder import add_token
 
     tid, token = add_token(key_file)
@@ -110,6 +115,7 @@ def token_revoke(
     key_file: KeyFileOpt,
 ) -> None:
     """Revoke a token: requests with it get 401 from then on."""
+    # deferred: TenSEAL and FastAPI load only for the key holder's commands
     from ppfr.serve.keyholder import revoke_token
 
     revoke_token(key_file, token_id)
@@ -120,6 +126,7 @@ def token_revoke(
 @friendly
 def token_list(key_file: KeyFileOpt) -> None:
     """List token ids and states (secrets are never stored)."""
+    # deferred: TenSEAL and FastAPI load only for the key holder's commands
     from ppfr.serve.keyholder import list_tokens
 
     for t in list_tokens(key_file):
@@ -137,6 +144,7 @@ def serve(
     """Run the key holder service (FastAPI on uvicorn)."""
     import uvicorn
 
+    # deferred: TenSEAL and FastAPI load only for the key holder's commands
     from ppfr.serve.keyholder import create_keyholder_app
 
     app = create_keyholder_app(key_file)

@@ -11,6 +11,7 @@ The database URL defaults to ``$PPFR_DB`` or ``sqlite:///ppfr-gallery.db``
 from __future__ import annotations
 
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Annotated
@@ -42,14 +43,23 @@ def serve_cmd(
     ] = False,
     max_concurrent: Annotated[
         int,
-        typer.Option(help="Gallery requests at work at once (default: the CPU count); more wait."),
+        typer.Option(
+            help="Gallery requests at work at once (default: the CPUs, per replica with --cluster)."
+        ),
     ] = 0,
+    index_dtype: Annotated[
+        str,
+        typer.Option(
+            help="Storage of the in-memory SlerpFace index: float32, or float16 (half the "
+            "memory; docs/templates.md gives the accuracy cost)."
+        ),
+    ] = "float32",
     max_queue: Annotated[
         int, typer.Option(help="Gallery requests waiting; past it: 503 with Retry-After.")
     ] = 32,
     queue_timeout: Annotated[
         float, typer.Option(help="Seconds a request may wait for a slot before a 503.")
-    ] = 1.0,
+    ] = 0.5,
     workers_threads: Annotated[int, typer.Option(help="Torch threads for embedding.")] = 0,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
     cluster: Annotated[
@@ -80,12 +90,14 @@ def serve_cmd(
     if cluster is not None:  # the same app on a Ray cluster (ppfr.serve.cluster; ppfr[cluster])
         if encrypted_dir is not None or keyholder_url is not None:
             raise InputError("--cluster serves SlerpFace galleries; --encrypted-dir does not apply")
+        # deferred: Ray (the cluster extra) loads only for --cluster
         from ppfr.serve.cluster.service import serve_cluster
 
         logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(message)s")
         serve_cluster(
             model,
             db,
+            matcher_options={"index_dtype": _index_dtype(index_dtype)},
             address=cluster,
             shards=shards,
             replicas=replicas,
@@ -99,7 +111,8 @@ def serve_cmd(
                 "max_batch": max_batch,
                 "threshold": threshold,
                 "allow_unprotected": allow_unprotected,
-                "max_concurrent": max_concurrent or DEFAULT_MAX_CONCURRENT,
+                # a replica's share of the cores, not the machine's: more would time-slice
+                "max_concurrent": max_concurrent or max(1, math.ceil(replica_cpus)),
                 "max_queue": max_queue,
                 "queue_timeout": queue_timeout,
             },
@@ -121,6 +134,7 @@ def serve_cmd(
     if (encrypted_dir is None) != (keyholder_url is None):
         raise InputError("--encrypted-dir and --keyholder-url go together")
     if encrypted_dir is not None:
+        # deferred: TenSEAL (the encrypted extra) loads only for --encrypted-dir
         from ppfr.serve.encrypted_matcher import EncryptedMatcher
         from ppfr.serve.keyholder import KeyHolderClient
 
@@ -137,6 +151,7 @@ def serve_cmd(
         max_queue=max_queue,
         queue_timeout=queue_timeout,
         matcher=matcher,
+        index_dtype=_index_dtype(index_dtype),
     )
     svc = app.state.service
     console.print(
@@ -147,6 +162,12 @@ def serve_cmd(
     )
     # uvicorn's access log would print full paths (subject names): ours logs route templates
     uvicorn.run(app, host=host, port=port, access_log=False, log_level=log_level.lower())
+
+
+def _index_dtype(name: str) -> torch.dtype:
+    if name not in ("float32", "float16"):
+        raise InputError(f"--index-dtype must be float32 or float16, got {name!r}")
+    return getattr(torch, name)
 
 
 @friendly

@@ -87,7 +87,7 @@ DEFAULT_MAX_BATCH = 64
 #: of work at ~30 requests/s
 DEFAULT_MAX_CONCURRENT = max(1, len(os.sched_getaffinity(0)))
 DEFAULT_MAX_QUEUE = 32
-DEFAULT_QUEUE_TIMEOUT = 1.0
+DEFAULT_QUEUE_TIMEOUT = 0.5
 _SUBJECT_RE = re.compile(r"^[^\x00-\x1f\x7f/\\]{1,128}$")
 
 
@@ -215,6 +215,7 @@ class Service:
         allow_unprotected: bool,
         use_faiss: bool,
         matcher: MatcherFactory | None = None,
+        index_dtype: torch.dtype = torch.float32,
     ) -> None:
         model_dir = Path(model_dir)
         self.model: Method = load(model_dir, part="server")
@@ -239,7 +240,9 @@ class Service:
         self.protection = SlerpFace.from_model(self.model, self.dim)
         # the store and the matcher are thread-safe; requests run in FastAPI's thread pool
         if matcher is None:
-            self.matcher: GalleryMatcher = Matcher(self.store, self.protection, use_faiss=use_faiss)
+            self.matcher: GalleryMatcher = Matcher(
+                self.store, self.protection, use_faiss=use_faiss, index_dtype=index_dtype
+            )
         else:  # e.g. ppfr.serve.cluster's sharded gallery: same interface, other processes
             self.matcher = matcher(self.store, self.protection)
         self.auth = Authenticator(self.store)
@@ -550,6 +553,7 @@ def create_app(
     allow_unprotected: bool = False,
     use_faiss: bool = False,
     matcher: MatcherFactory | None = None,
+    index_dtype: torch.dtype = torch.float32,
     max_concurrent: int = DEFAULT_MAX_CONCURRENT,
     max_queue: int = DEFAULT_MAX_QUEUE,
     queue_timeout: float = DEFAULT_QUEUE_TIMEOUT,
@@ -570,6 +574,7 @@ def create_app(
         allow_unprotected=allow_unprotected,
         use_faiss=use_faiss,
         matcher=matcher,
+        index_dtype=index_dtype,
     )
     for exc_type, handler in _ERROR_ANSWERS:
         app.add_exception_handler(exc_type, handler)

@@ -60,7 +60,7 @@ import torch
 from torch import Tensor
 
 from ppfr.errors import InputError, UnknownNameError
-from ppfr.serve.store import GalleryChanges, GalleryMatrix, GalleryStore
+from ppfr.serve.store import GalleryChanges, GalleryMatrix, GalleryStore, open_store
 from ppfr.templates import SlerpFace, SlerpFaceIndex
 
 __all__ = ["GalleryMatcher", "Matcher", "MatcherFactory"]
@@ -382,8 +382,8 @@ class Matcher:
                 return self._apply(gallery, snap, changes)
         return self._load(gallery)
 
-    def _load(self, gallery: str) -> _Snapshot:
-        m = self.store.load(gallery, shard=self.shard)
+    def _load(self, gallery: str, store: GalleryStore | None = None) -> _Snapshot:
+        m = (store or self.store).load(gallery, shard=self.shard)
         self.loads[gallery] = self.loads.get(gallery, 0) + 1
         main = self._build(gallery, m)
         s = len(main.names)
@@ -460,8 +460,14 @@ class Matcher:
             return running
 
         def rebuild() -> None:
+            own = None
             try:
-                fresh = self._load(gallery)  # the long part, outside the lock
+                # the long part, outside the lock and on a connection of its own: the
+                # store serialises calls on one connection, and requests keep asking it
+                # for the version meanwhile
+                url = getattr(self.store, "url", None)
+                own = open_store(url) if isinstance(url, str) else None
+                fresh = self._load(gallery, own)
                 with self._lock:
                     # writes that landed during the load come from the change log
                     current = self.store.version(gallery)
@@ -470,6 +476,9 @@ class Matcher:
                     self._cache[gallery] = fresh
             except Exception as e:  # noqa: BLE001 - the old state keeps serving
                 log.warning("compaction of gallery %r failed (%s); retried later", gallery, e)
+            finally:
+                if own is not None:
+                    own.close()
 
         thread = threading.Thread(target=rebuild, name=f"ppfr-compact-{gallery}", daemon=True)
         self._compacting[gallery] = thread

@@ -35,7 +35,7 @@ from ppfr.errors import InputError, PPFRError
 from ppfr.serve.app import Unavailable
 from ppfr.serve.cluster.merge import merge_top_k
 from ppfr.serve.cluster.shard import Refused, ShardSet, ShardSpec
-from ppfr.serve.store import GalleryStore
+from ppfr.serve.store import GalleryStore, shard_of
 from ppfr.templates import SlerpFace
 
 __all__ = ["ShardedMatcher"]
@@ -114,7 +114,6 @@ class ShardedMatcher:
 
     def verify(self, gallery: str, query: Tensor, subject: str) -> float:
         """``subject``'s best score, from its shard. Raises UnknownNameError if not enrolled."""
-        from ppfr.serve.store import shard_of
 
         i = shard_of(subject, self.k)
         self._check_up([i])

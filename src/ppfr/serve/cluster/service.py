@@ -39,6 +39,13 @@ from pathlib import Path
 from typing import Any
 
 from ppfr.errors import InputError
+from ppfr.serve.app import (
+    DEFAULT_MAX_CONCURRENT,
+    DEFAULT_MAX_QUEUE,
+    DEFAULT_QUEUE_TIMEOUT,
+    create_app,
+)
+from ppfr.serve.cluster.matcher import ShardedMatcher
 from ppfr.serve.cluster.shard import ShardSet, ShardSpec
 
 __all__ = ["build_application", "serve_cluster"]
@@ -77,8 +84,6 @@ def build_application(
     """
     from ray import serve
 
-    from ppfr.serve.app import DEFAULT_MAX_CONCURRENT, DEFAULT_MAX_QUEUE, DEFAULT_QUEUE_TIMEOUT
-
     if not isinstance(replicas, int) or replicas < 1:
         raise InputError(f"replicas must be a positive integer, got {replicas!r}")
     options = dict(app_options or {})
@@ -89,8 +94,6 @@ def build_application(
 
     def build_asgi_app() -> Any:
         # runs in each replica when it starts (Serve calls a builder function there)
-        from ppfr.serve.app import create_app
-        from ppfr.serve.cluster.matcher import ShardedMatcher
 
         factory = ShardedMatcher.factory(spec, timeout=shard_timeout)
         return create_app(model_dir, db_url, matcher=factory, **options)
@@ -142,8 +145,6 @@ def serve_cluster(
     """
     import ray
     from ray import serve
-
-    from ppfr.serve.app import create_app
 
     if not address:
         raise InputError("--cluster needs a Ray address (HEAD_IP:6379) or 'local'")

@@ -410,6 +410,20 @@ def _empty(version: int, protected: bool) -> GalleryMatrix:
     )
 
 
+def _replay(row: tuple | None, since: int, deleted: Any, added: Any) -> GalleryChanges | None:
+    """:meth:`GalleryStore.changes` from a gallery row ``(id, dim, protected, version)``.
+
+    ``deleted()`` and ``added()`` read the log inside the caller's transaction; they are
+    called only when something changed after ``since``. Shared with Postgres.
+    """
+    version = 0 if row is None else int(row[3])
+    if since > version:
+        return None
+    if row is None or row[1] is None or since == version:
+        return GalleryChanges(version, (), _empty(version, row is not None and bool(row[2])))
+    return GalleryChanges(version, deleted(), added())
+
+
 def _matrix(
     gallery: str, cursor: Any, n: int, dim: int, protected: bool, version: int
 ) -> GalleryMatrix:

@@ -40,6 +40,7 @@ from ppfr.serve.store import (
     _galleries_to_json,
     _matrix,
     _now,
+    _replay,
 )
 
 #: advisory-lock id guarding schema creation ("ppfr" in ASCII)
@@ -340,18 +341,14 @@ class PostgresStore(GalleryStore):
     ) -> GalleryChanges | None:
         with self._tx(repeatable=True) as cur:
             row = self._gallery_row(cur, gallery)
-            version = 0 if row is None else int(row[3])
-            if since > version:
-                return None
-            if row is None or row[1] is None or since == version:
-                protected = row is not None and bool(row[2])
-                return GalleryChanges(version, (), _empty(version, protected))
-            where, args = _filter(row[0], since, shard, "d.")
-            cur.execute(
-                f"SELECT d.subject FROM ppfr_deletions d WHERE {where} ORDER BY d.version", args
-            )
-            deleted = tuple(r[0] for r in cur.fetchall())
-            return GalleryChanges(version, deleted, self._rows(cur, gallery, row, since, shard))
+
+            def deleted() -> tuple[str, ...]:
+                where, args = _filter(row[0], since, shard, "d.")
+                sql = f"SELECT d.subject FROM ppfr_deletions d WHERE {where} ORDER BY d.version"
+                cur.execute(sql, args)
+                return tuple(r[0] for r in cur.fetchall())
+
+            return _replay(row, since, deleted, lambda: self._rows(cur, gallery, row, since, shard))
 
     def _rows(
         self,

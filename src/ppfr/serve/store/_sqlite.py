@@ -41,6 +41,7 @@ from ppfr.serve.store import (
     _galleries_to_json,
     _matrix,
     _now,
+    _replay,
     shard_of,
 )
 
@@ -142,6 +143,15 @@ class SQLiteStore(GalleryStore):
         try:
             app_id = db.execute("PRAGMA main.application_id").fetchone()[0]
             tables = {r[0] for r in db.execute("SELECT name FROM main.sqlite_master")}
+            layout = db.execute("PRAGMA main.user_version").fetchone()[0]
+        except sqlite3.OperationalError as e:
+            if _locked(e):
+                raise _locked_error(self.path) from e
+            raise DataError(
+                f"{self.path} is not a ppfr gallery database (SQLite says: {e}); the file is "
+                "corrupt or belongs to something else. Restore it from a backup or point "
+                "--db at another file."
+            ) from e
         except sqlite3.DatabaseError as e:
             raise DataError(
                 f"{self.path} is not a ppfr gallery database (SQLite says: {e}); the file is "
@@ -175,7 +185,18 @@ class SQLiteStore(GalleryStore):
             db.execute("PRAGMA foreign_keys=ON")
             # partitions are selected inside SQL by the same function Python uses
             db.create_function("ppfr_shard", 2, shard_of, deterministic=True)
+            if layout == SCHEMA_VERSION and app_id == APPLICATION_ID:
+                # current already: no write lock, so processes opening the store while
+                # another holds a long read (a shard loading) do not wait for it
+                return
             db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as e:
+            if _locked(e):
+                raise _locked_error(self.path) from e
+            raise DataError(
+                f"the SlerpFace key file {self.keys_path} is not a SQLite database ({e}); "
+                "it is corrupt"
+            ) from e
         except sqlite3.DatabaseError as e:
             raise DataError(
                 f"the SlerpFace key file {self.keys_path} is not a SQLite database ({e}); "
@@ -217,6 +238,10 @@ class SQLiteStore(GalleryStore):
                 db.execute("COMMIT")
             except sqlite3.IntegrityError as e:
                 raise InputError(f"gallery store refused the change: {e}") from e
+            except sqlite3.OperationalError as e:
+                if _locked(e):
+                    raise _locked_error(self.path) from e
+                raise DataError(f"gallery database {self.path} failed: {e}") from e
             except sqlite3.DatabaseError as e:
                 raise DataError(f"gallery database {self.path} failed: {e}") from e
 
@@ -372,20 +397,13 @@ class SQLiteStore(GalleryStore):
     ) -> GalleryChanges | None:
         with self._tx(write=False) as db:
             row = self._gallery_row(db, gallery)
-            version = 0 if row is None else int(row[3])
-            if since > version:
-                return None
-            if row is None or row[1] is None or since == version:
-                protected = row is not None and bool(row[2])
-                return GalleryChanges(version, (), _empty(version, protected))
-            where, args = _filter(row[0], since, shard, "d.")
-            deleted = tuple(
-                r[0]
-                for r in db.execute(
-                    f"SELECT d.subject FROM deletions d WHERE {where} ORDER BY d.version", args
-                )
-            )
-            return GalleryChanges(version, deleted, self._rows(db, gallery, row, since, shard))
+
+            def deleted() -> tuple[str, ...]:
+                where, args = _filter(row[0], since, shard, "d.")
+                sql = f"SELECT d.subject FROM deletions d WHERE {where} ORDER BY d.version"
+                return tuple(r[0] for r in db.execute(sql, args))
+
+            return _replay(row, since, deleted, lambda: self._rows(db, gallery, row, since, shard))
 
     @staticmethod
     def _rows(
@@ -419,8 +437,27 @@ class SQLiteStore(GalleryStore):
                 self._closed = True
                 self._db.close()
 
+    @property
+    def url(self) -> str:
+        """The URL that opens this store again (another connection, e.g. for a long read)."""
+        return f"sqlite:///{self.path.resolve()}"
+
     def __repr__(self) -> str:
         return f"SQLiteStore({str(self.path)!r})"
+
+
+def _locked(e: sqlite3.OperationalError) -> bool:
+    return "locked" in str(e) or "busy" in str(e)
+
+
+def _locked_error(path: Path) -> DataError:
+    return DataError(
+        f"gallery database {path} stayed locked by another process for the whole busy "
+        "timeout (30 s): a long write, or a long read blocking a write (SQLite's rollback "
+        "journal lets no commit through while a reader holds the file, e.g. a gallery "
+        "of a million templates loading). Retry; for galleries that load for longer than "
+        "that while others write, use PostgreSQL"
+    )
 
 
 def _filter(
