@@ -24,6 +24,11 @@ class CheckpointError(PPFRError):
     """A model bundle or training checkpoint is missing, incomplete or corrupt."""
 
 
+class UnsupportedError(PPFRError):
+    """A valid request this configuration cannot carry out (e.g. deleting one subject from an
+    encrypted gallery, whose packed ciphertexts hold several people per slot)."""
+
+
 class UnknownNameError(PPFRError, KeyError):
     """A registry lookup (method, backbone, head, attack) got a name nobody registered."""
 

@@ -66,7 +66,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from ppfr.errors import InputError, PPFRError, UnknownNameError
+from ppfr.errors import InputError, PPFRError, UnknownNameError, UnsupportedError
 from ppfr.methods import Method, load
 from ppfr.serve import wire
 from ppfr.serve.auth import Authenticator, AuthError, check_gallery_name, token_from_headers
@@ -384,10 +384,7 @@ async def enroll(svc: Svc, gallery: Gallery, subject: str, data: Body) -> dict[s
 def delete(svc: Svc, gallery: Gallery, subject: str) -> dict[str, Any]:
     """Delete a subject and all its templates and keys."""
     own = getattr(svc.matcher, "delete_subject", None)  # a matcher holding its own rows
-    try:
-        removed = own(gallery, subject) if own else svc.store.delete_subject(gallery, subject)
-    except NotImplementedError as e:
-        raise ServiceError(501, str(e)) from None
+    removed = own(gallery, subject) if own else svc.store.delete_subject(gallery, subject)
     if not removed:
         raise ServiceError(404, f"no subject {subject!r} in gallery {gallery!r}")
     return {"gallery": gallery, "subject": subject, "removed": int(removed)}
@@ -517,6 +514,10 @@ async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
     return _answer(exc.status, str(exc), headers)
 
 
+async def _unsupported(request: Request, exc: UnsupportedError) -> JSONResponse:
+    return _answer(501, str(exc))
+
+
 async def _input_error(request: Request, exc: PPFRError) -> JSONResponse:
     return _answer(422, str(exc))
 
@@ -537,6 +538,7 @@ async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
 _ERROR_ANSWERS = (
     (AuthError, _auth_error),
     (ServiceError, _service_error),
+    (UnsupportedError, _unsupported),
     (PPFRError, _input_error),
     (RequestValidationError, _validation_error),
     (Exception, _internal_error),

@@ -27,7 +27,7 @@ from typing import Any
 
 from torch import Tensor
 
-from ppfr.errors import InputError, UnknownNameError
+from ppfr.errors import InputError, UnknownNameError, UnsupportedError
 from ppfr.templates.encrypted import EncryptedGallery, KeyHolderAPI
 
 __all__ = ["EncryptedMatcher"]
@@ -122,7 +122,7 @@ class EncryptedMatcher:
 
     def delete_subject(self, gallery: str, subject: str) -> int:
         """Refused: a packed block cannot drop one row (module docstring)."""
-        raise NotImplementedError(
+        raise UnsupportedError(
             "subjects cannot be deleted from an encrypted gallery: its ciphertexts pack "
             "several people per slot and only the key holder could unpack them. Rotate "
             "the key (ppfr keyholder rotate) and re-enrol the gallery without them"

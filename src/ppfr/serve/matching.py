@@ -199,17 +199,6 @@ class _Snapshot:
     def dim(self) -> int:
         return self.main.dim or (self.tail.dim if self.tail_n else 0)
 
-    @property
-    def size(self) -> int:
-        """Live templates."""
-        return self.main.n - self.n_main_dead + self.tail_n - int(self.tail_dead.sum())
-
-    @property
-    def names(self) -> list[str]:
-        """Subjects with at least one live template, sorted."""
-        cols = np.flatnonzero(self.alive)
-        return sorted(self._name(int(c)) for c in cols)
-
     def _name(self, col: int) -> str:
         s = len(self.main.names)
         return str(self.main.names[col]) if col < s else self.extra_names[col - s]
