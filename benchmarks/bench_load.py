@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import socket
 import subprocess
 import sys
@@ -158,8 +159,10 @@ def client(
                     level.other_4xx += 1
                 else:
                     level.other_5xx += 1
-            if r.status_code == 503:  # a well-behaved client backs off as told
-                time.sleep(min(float(r.headers.get("retry-after", 1)), 1.0) * rng.random())
+            if r.status_code == 503:
+                # a well-behaved client waits what Retry-After says, with jitter, as
+                # ppfr.serve.client.Client does (retrying sooner only adds load to shed)
+                time.sleep(float(r.headers.get("retry-after", 1)) * (0.5 + rng.random()))
 
 
 def main() -> None:
@@ -232,6 +235,7 @@ def main() -> None:
                     return sent[0] <= args.max_requests
 
             stop_at = time.monotonic() + args.seconds
+            cpu0 = resource.getrusage(resource.RUSAGE_SELF)
             t0 = time.perf_counter()
             threads = [
                 threading.Thread(
@@ -244,6 +248,7 @@ def main() -> None:
             for t in threads:
                 t.join()
             wall = time.perf_counter() - t0
+            cpu1 = resource.getrusage(resource.RUSAGE_SELF)
             ok = np.asarray(level.ok) if level.ok else np.asarray([np.nan])
             rows.append(
                 dict(
@@ -260,6 +265,9 @@ def main() -> None:
                     rss0=rss0,
                     rss1=tree_rss_mib(proc.pid),
                     wall=wall,
+                    # the load generator's own CPU (it shares the cores with the service)
+                    gen_user=cpu1.ru_utime - cpu0.ru_utime,
+                    gen_sys=cpu1.ru_stime - cpu0.ru_stime,
                 )
             )
             print(rows[-1], flush=True)
@@ -274,22 +282,25 @@ def main() -> None:
         if args.cluster
         else "one process"
     )
+    at_work = args.max_concurrent or ("1 per replica CPU" if args.cluster else "CPU count")
     print(
         f"\n{machine()}; ppfr {ppfr.__version__}; {mode}; {args.model_size} MinusFace; "
         f"gallery {args.gallery_size:,} + 10 ({args.index_dtype} index); "
-        f"{args.faces} faces per request; gate {args.max_concurrent or 'CPU count'} at work, "
+        f"{args.faces} faces per request; gate {at_work} at work, "
         f"{args.max_queue} queued, {args.queue_timeout:g} s; load generator on the same cores\n"
     )
     print(
         "| clients | seconds | answered | accepted/s | p50 / p99 accepted (ms) "
-        "| 503 (no Retry-After) | other 4xx / 5xx / transport | server RSS before / after (MiB) |"
+        "| 503 (no Retry-After) | other 4xx / 5xx / transport | server RSS before / after (MiB) "
+        "| generator CPU user / sys (s) |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
             f"| {r['clients']} | {r['wall']:.0f} | {r['answered']:,} | {r['tput']:.1f} "
             f"| {r['p50']:.0f} / {r['p99']:.0f} | {r['shed']:,} ({r['shed_no_retry']}) "
-            f"| {r['e4']} / {r['e5']} / {r['transport']} | {r['rss0']:,.0f} / {r['rss1']:,.0f} |"
+            f"| {r['e4']} / {r['e5']} / {r['transport']} | {r['rss0']:,.0f} / {r['rss1']:,.0f} "
+            f"| {r['gen_user']:.1f} / {r['gen_sys']:.1f} |"
         )
 
 

@@ -1,3 +1,4 @@
+import asyncio
 import logging
 
 import numpy as np
@@ -250,7 +251,6 @@ def fuzz_app(bundle, tmp_path_factory):
 
 def test_admission_sheds_past_the_queue_and_after_the_timeout():
     """The gate: max_concurrent at work, max_queue waiting, the rest answered 503 at once."""
-    import asyncio
 
     from ppfr.serve.app import Admission, Unavailable
 
@@ -284,6 +284,32 @@ def test_admission_sheds_past_the_queue_and_after_the_timeout():
     ]
     with pytest.raises(InputError, match="max_concurrent"):
         Admission(0, 1, 1.0)
+
+
+def test_the_wait_at_the_gate_reaches_the_matcher(bundle, tmp_path, monkeypatch):
+    # a matcher with queues of its own (the sharded gallery) gives a request only what is
+    # left of queue_timeout: it must see how long the request waited at the gate
+    from ppfr.serve import app as app_module
+    from ppfr.serve.matching import Matcher
+
+    seen: list[float] = []
+
+    class Recording(Matcher):
+        def identify(self, *args, **kwargs):
+            seen.append(app_module.queued_for.get())
+            return super().identify(*args, **kwargs)
+
+    enter = app_module.Admission.enter
+
+    async def slow_enter(self) -> None:  # as if the request queued 50 ms for a slot
+        await asyncio.sleep(0.05)
+        await enter(self)
+
+    monkeypatch.setattr(app_module.Admission, "enter", slow_enter)
+    s = served_app(bundle, tmp_path, matcher=Recording)
+    assert s.post("/v1/galleries/g1/identify", s.body(s.reps(1))).status_code == 200
+    assert len(seen) == 1 and 0.05 <= seen[0] < 30
+    assert app_module.queued_for.get() == 0.0  # nothing leaks outside the request
 
 
 def test_overload_is_answered_503_with_retry_after(bundle, tmp_path):

@@ -32,6 +32,8 @@ gate before their body is read: at most ``max_concurrent`` run at once, at most
 the queue full, or waits past its timeout, is answered 503 with ``Retry-After`` at once, so
 an overloaded service answers every request quickly and the ones it accepts keep a bounded
 latency (about ``queue_timeout`` plus their own work) instead of queueing without bound.
+A matcher that queues work of its own (the sharded gallery's shards) gives a request only
+what is left of ``queue_timeout`` after the gate (:data:`queued_for`).
 
 Enrolment embeds each representation, draws a fresh SlerpFace key per template (a
 ``torch.Generator`` seeded from :mod:`secrets`) and stores (protected template, key). The
@@ -55,6 +57,7 @@ import os
 import re
 import secrets
 import time
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -111,6 +114,12 @@ class Unavailable(ServiceError):
 
     def __init__(self, message: str, retry_after: float = 1.0) -> None:
         super().__init__(503, message, retry_after=retry_after)
+
+
+#: seconds the current request waited at the admission gate (0 outside a gallery request).
+#: A matcher with queues of its own (the sharded gallery's shards) gives the request only
+#: what is left of ``queue_timeout``, so its waits in all queues together stay within it.
+queued_for: ContextVar[float] = ContextVar("ppfr_queued_for", default=0.0)
 
 
 class Admission:
@@ -487,11 +496,14 @@ async def _admit(request: Request, call_next):
     if not request.url.path.startswith("/v1/galleries/"):
         return await call_next(request)
     gate: Admission = request.app.state.admission
+    t0 = time.perf_counter()
     try:
         await gate.enter()
     except Unavailable as e:
         log.info("shed: %d running, %d waiting", gate.running, gate.waiting)
         return await _service_error(request, e)
+    # seen by the route (call_next's task and its worker thread copy this context)
+    queued_for.set(time.perf_counter() - t0)
     try:
         return await call_next(request)
     finally:

@@ -42,7 +42,7 @@ from ray.cluster_utils import Cluster
 
 import ppfr
 from ppfr.errors import InputError, UnknownNameError
-from ppfr.serve.app import create_app
+from ppfr.serve.app import Unavailable, create_app
 from ppfr.serve.auth import create_key
 from ppfr.serve.cluster.matcher import ShardedMatcher
 from ppfr.serve.cluster.shard import ShardSet, ShardSpec
@@ -152,6 +152,18 @@ def equality(tmp: Path, report: dict) -> None:
                 checks[f"k{k}_wrong_dim"] = False
             except InputError:
                 checks[f"k{k}_wrong_dim"] = True
+            # a call that waited in a shard's queue past its deadline is dropped: 503 with
+            # Retry-After, and the shard is not taken for lost (a 1 us deadline is always
+            # past by the time an actor call arrives)
+            hurried = ShardedMatcher(sets[k], timeout=60, queue_timeout=1e-6)
+            try:
+                hurried.identify("eq", queries)
+                checks[f"k{k}_late_shed"] = False
+            except Unavailable as e:
+                checks[f"k{k}_late_shed"] = (
+                    hurried.shed == 1 and e.retry_after > 0 and not hurried._down
+                )
+            compare(checks, f"k{k}_after_late", sharded, single, store.subjects("eq"), queries)
     finally:
         for shard_set in sets.values():
             shard_set.stop()

@@ -13,6 +13,15 @@ the actor on a surviving node (``max_restarts``, :mod:`ppfr.serve.cluster.shard`
 its constructor has reloaded the partition, the shard is marked down and requests that
 need it get 503 at once instead of queueing behind the reload.
 
+Bounded waits at the shards. A shard actor scans one request at a time, so when several
+replicas send it work, calls queue in front of it, and the admission gate of each replica
+(which bounds the wait for a replica slot) does not see that queue. Every call therefore
+carries a deadline: what is left of ``queue_timeout`` after the request's wait at the gate
+(:data:`ppfr.serve.app.queued_for`). A shard that reaches the call later drops it without
+scanning (:class:`ppfr.serve.cluster.shard.Late`) and the request is answered 503 with
+``Retry-After``, like a request the gate turns away. An accepted request then waits at most
+``queue_timeout`` in all queues together, whatever the load.
+
 A shard's refusals (an ``InputError`` for a query of the wrong dimension, an
 ``UnknownNameError`` for an unknown subject) come back as values
 (:class:`ppfr.serve.cluster.shard.Refused`) and are raised here as themselves, so the
@@ -22,6 +31,7 @@ service answers 422 / 404 exactly as in one process.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -32,9 +42,9 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 from torch import Tensor
 
 from ppfr.errors import InputError, PPFRError
-from ppfr.serve.app import Unavailable
+from ppfr.serve.app import Unavailable, queued_for
 from ppfr.serve.cluster.merge import merge_top_k
-from ppfr.serve.cluster.shard import Refused, ShardSet, ShardSpec
+from ppfr.serve.cluster.shard import Late, Refused, ShardSet, ShardSpec
 from ppfr.serve.store import GalleryStore, shard_of
 from ppfr.templates import SlerpFace
 
@@ -65,15 +75,30 @@ class ShardedMatcher:
     Args:
         shards: the service's shard set (spec and protection; the actors are looked up or
             created by name, so any number of replicas share them).
-        timeout: seconds to wait for every shard's answer before answering 503.
+        timeout: seconds to wait for every shard's answer before answering 503 (a lost or
+            stuck shard).
         retry_after: the ``Retry-After`` (seconds) of those 503 answers.
+        queue_timeout: seconds a request may wait in queues, the service's gate and the
+            shards' together, before a shard drops its call and the request is answered 503
+            (None: no limit at the shards).
 
     Thread-safe: FastAPI calls it from its thread pool.
     """
 
-    def __init__(self, shards: ShardSet, *, timeout: float = 30.0, retry_after: float = 2.0):
+    def __init__(
+        self,
+        shards: ShardSet,
+        *,
+        timeout: float = 30.0,
+        retry_after: float = 2.0,
+        queue_timeout: float | None = None,
+    ):
         if not timeout > 0:
             raise InputError(f"shard timeout must be positive, got {timeout!r}")
+        if queue_timeout is not None and not queue_timeout > 0:
+            raise InputError(f"shard queue timeout must be positive, got {queue_timeout!r}")
+        self.queue_timeout = None if queue_timeout is None else float(queue_timeout)
+        self.shed = 0  # requests dropped by a shard's deadline so far
         self.shards = shards
         self.k = shards.spec.shards
         self.timeout = float(timeout)
@@ -86,12 +111,22 @@ class ShardedMatcher:
 
     @classmethod
     def factory(
-        cls, spec: ShardSpec, *, timeout: float = 30.0, retry_after: float = 2.0
+        cls,
+        spec: ShardSpec,
+        *,
+        timeout: float = 30.0,
+        retry_after: float = 2.0,
+        queue_timeout: float | None = None,
     ) -> Callable[[GalleryStore, SlerpFace | None], ShardedMatcher]:
         """A ``create_app(matcher=...)`` factory: the service's protection goes to the shards."""
 
         def make(store: GalleryStore, protection: SlerpFace | None) -> ShardedMatcher:
-            return cls(ShardSet(spec, protection), timeout=timeout, retry_after=retry_after)
+            return cls(
+                ShardSet(spec, protection),
+                timeout=timeout,
+                retry_after=retry_after,
+                queue_timeout=queue_timeout,
+            )
 
         return make
 
@@ -109,6 +144,7 @@ class ShardedMatcher:
         slowest shard's.
         """
         parts = self._fan_out("identify_timed", gallery, queries, top_k)
+        self._raise_late([p for p, _ in parts])
         _raise_refused([p for p, _ in parts])
         return merge_top_k([p for p, _ in parts], top_k), [float(t) for _, t in parts]
 
@@ -118,7 +154,8 @@ class ShardedMatcher:
         i = shard_of(subject, self.k)
         self._check_up([i])
         q = _as_queries(query)
-        (score,) = self._get([i], lambda a: a.verify.remote(gallery, q, subject))
+        start_by = self._start_by()
+        (score,) = self._get([i], lambda a: a.verify.remote(gallery, q, subject, start_by))
         return float(score)
 
     # --- internals --------------------------------------------------------------------
@@ -129,9 +166,28 @@ class ShardedMatcher:
         q = _as_queries(queries)
         self._check_up(range(self.k))
         ref = ray.put(q)  # one copy in the object store, read by every shard
+        start_by = self._start_by()
         return self._get(
-            list(range(self.k)), lambda a: getattr(a, method).remote(gallery, ref, top_k)
+            list(range(self.k)),
+            lambda a: getattr(a, method).remote(gallery, ref, top_k, start_by),
         )
+
+    def _start_by(self) -> float | None:
+        if self.queue_timeout is None:
+            return None
+        # what is left of the request's queueing budget after the service's own gate
+        return time.time() + max(0.0, self.queue_timeout - queued_for.get())
+
+    def _raise_late(self, answers: list[Any]) -> None:
+        """Answer 503 if a shard dropped its part of the request (it waited too long)."""
+        if any(isinstance(a, Late) for a in answers):
+            with self._lock:
+                self.shed += 1
+            raise Unavailable(
+                "the gallery's shards are at capacity (the request waited more than "
+                f"{self.queue_timeout:g} s for a shard); retry later",
+                retry_after=self.queue_timeout or self.retry_after,
+            )
 
     def where(self) -> list[dict[str, Any]]:
         """Every shard's :meth:`ShardServer.where` (raises Unavailable if one is lost)."""
@@ -142,6 +198,7 @@ class ShardedMatcher:
         refs = [call(self._actors[i]) for i in indices]
         try:
             answers = ray.get(refs, timeout=self.timeout)
+            self._raise_late(answers)
             # a shard's refusal (bad query, unknown subject): the single-process answer
             _raise_refused(answers)
             return answers

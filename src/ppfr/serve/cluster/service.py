@@ -21,8 +21,10 @@ the single-process service because the same ``create_app`` builds it.
 Overload. Each replica's app has the admission gate of ``ppfr serve`` (``--max-concurrent``,
 ``--max-queue``, ``--queue-timeout``); Serve lets that many requests into a replica and
 queues at most ``--max-queue`` more in its router when no replica has room (answering 503
-with ``Retry-After`` past that), so the service sheds load instead of queueing without
-bound, as in one process.
+with ``Retry-After`` past that). Behind the replicas, every shard call carries a deadline
+of ``--queue-timeout`` seconds: a shard that reaches a call later drops it and the request
+is answered 503 (:mod:`ppfr.serve.cluster.matcher`). So the service sheds load instead of
+queueing without bound, as in one process.
 
 Ctrl-C or SIGTERM deletes the Serve application and the shard actors (both are detached:
 they would outlive this process otherwise); with ``local`` it also stops Ray.
@@ -95,7 +97,8 @@ def build_application(
     def build_asgi_app() -> Any:
         # runs in each replica when it starts (Serve calls a builder function there)
 
-        factory = ShardedMatcher.factory(spec, timeout=shard_timeout)
+        # the shards bound a call's wait in their queue as the gate bounds it at the door
+        factory = ShardedMatcher.factory(spec, timeout=shard_timeout, queue_timeout=retry_after)
         return create_app(model_dir, db_url, matcher=factory, **options)
 
     deployment = serve.deployment(

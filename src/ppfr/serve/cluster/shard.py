@@ -35,7 +35,7 @@ from ppfr.serve.matching import Matcher
 from ppfr.serve.store import open_store
 from ppfr.templates import SlerpFace
 
-__all__ = ["NAMESPACE", "Refused", "ShardServer", "ShardSet", "ShardSpec"]
+__all__ = ["NAMESPACE", "Late", "Refused", "ShardServer", "ShardSet", "ShardSpec"]
 
 #: Ray namespace of the shard actors (Serve replicas run in Serve's own namespace)
 NAMESPACE = "ppfr"
@@ -85,6 +85,28 @@ class Refused:
     error: PPFRError
 
 
+@dataclass(frozen=True)
+class Late:
+    """A call that reached the shard after its ``start_by`` time: dropped, not scanned.
+
+    A shard scans one request at a time, so under load calls queue in front of it; a call
+    that waited past its deadline is answered at once (the service answers 503 with
+    ``Retry-After``) instead of adding a scan to everyone's wait. ``waited`` is how many
+    seconds past the deadline it arrived.
+    """
+
+    waited: float
+
+
+def _late(start_by: float | None) -> Late | None:
+    # wall-clock time: the caller may be on another node (clocks kept in sync by NTP, to
+    # well under the queue timeout)
+    if start_by is None:
+        return None
+    now = time.time()
+    return Late(now - start_by) if now > start_by else None
+
+
 class ShardServer:
     """The body of one shard actor (made remote by :class:`ShardSet`).
 
@@ -121,23 +143,35 @@ class ShardServer:
             "load_s": self.load_s,
         }
 
-    def identify(self, gallery: str, queries: np.ndarray, top_k: int) -> list[Ranked] | Refused:
-        """This partition's top-k subjects per query (see ``Matcher.identify``)."""
+    def identify(
+        self, gallery: str, queries: np.ndarray, top_k: int, start_by: float | None = None
+    ) -> list[Ranked] | Refused | Late:
+        """This partition's top-k subjects per query (see ``Matcher.identify``).
+
+        ``start_by``: a ``time.time()`` after which the call is no longer worth starting;
+        past it the answer is :class:`Late`, at once.
+        """
+        if late := _late(start_by):
+            return late
         try:
             return self.matcher.identify(gallery, torch.from_numpy(queries), top_k=top_k)
         except PPFRError as e:
             return Refused(e)
 
     def identify_timed(
-        self, gallery: str, queries: np.ndarray, top_k: int
-    ) -> tuple[list[Ranked] | Refused, float]:
+        self, gallery: str, queries: np.ndarray, top_k: int, start_by: float | None = None
+    ) -> tuple[list[Ranked] | Refused | Late, float]:
         """:meth:`identify` and the seconds it took inside this actor (for benchmarks)."""
         t0 = time.perf_counter()
-        ranked = self.identify(gallery, queries, top_k)
+        ranked = self.identify(gallery, queries, top_k, start_by)
         return ranked, time.perf_counter() - t0
 
-    def verify(self, gallery: str, query: np.ndarray, subject: str) -> float | Refused:
+    def verify(
+        self, gallery: str, query: np.ndarray, subject: str, start_by: float | None = None
+    ) -> float | Refused | Late:
         """``subject``'s best score; ``Refused(UnknownNameError)`` if it is not enrolled."""
+        if late := _late(start_by):
+            return late
         try:
             return float(self.matcher.verify(gallery, torch.from_numpy(query), subject))
         except PPFRError as e:
