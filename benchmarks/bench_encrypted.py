@@ -461,12 +461,71 @@ def iso_section(args, out: Path, results: dict, ctx: dict) -> None:
     print(json.dumps(iso, indent=2, default=float))
 
 
+#: draws of the open-set pairs per split in the splits section
+PAIR_DRAWS = 5
+
+
+def splits_section(args, out: Path, results: dict) -> None:
+    """Verification accuracy of raw, ternary and encrypted templates on several splits.
+
+    One draw of 900 pairs moves by about a point between scorings that differ only in
+    rounding, so a 0.5-point comparison needs the mean over pair draws and splits."""
+    cfg = EncryptedConfig()
+    pairs = []
+    for item in args.orl_splits.split(","):
+        seed, _, path = item.partition("=")
+        pairs.append((int(seed), path))
+    names = ["raw templates, cosine"]
+    names += [f"ternary g=341, h={h}, plaintext" for h in (63, 95, 127, 341)]
+    names.append(f"encrypted (defaults, g={cfg.gallery_nnz}, h={cfg.probe_nnz}), decrypted")
+    acc: dict[str, list[float]] = {n: [] for n in names}
+    auc: dict[str, list[float]] = {n: [] for n in names}
+    for seed, path in pairs:
+        split_args = argparse.Namespace(**{**vars(args), "seed": seed, "model": path})
+        _, _, _, test_set, t_test = orl_templates(split_args, out)
+        t = t_test.numpy().astype(np.float64)
+        labels = np.asarray(test_set.labels)
+        scores = [unit(t) @ unit(t).T]
+        scores += [ternary_matrix(t, 341, h) for h in (63, 95, 127, 341)]
+        scores.append(encrypted_matrix(t, KeyHolder.create(cfg, threshold=-1.0)))
+        for name, sc in zip(names, scores, strict=True):
+            # five draws of the 900 pairs per split: the pair draw alone moves a scoring's
+            # accuracy by about a point
+            vs = [verification(sc, labels, 100 * seed + d) for d in range(PAIR_DRAWS)]
+            acc[name].append(100 * float(np.mean([v["accuracy"] for v in vs])))
+            auc[name].append(float(np.mean([v["auc"] for v in vs])))
+        print(f"  split {seed}: " + ", ".join(f"{acc[n][-1]:.2f}" for n in names), flush=True)
+    raw = np.asarray(acc[names[0]])
+    results["orl_splits"] = {"models": dict(pairs), "accuracy": acc, "auc": auc}
+    seeds = " / ".join(str(s) for s, _ in pairs)
+    print(
+        f"\n## ORL verification over splits {seeds} (ArcFace preset of each split; "
+        f"mean of {PAIR_DRAWS} draws of 900 pairs per split)\n"
+    )
+    print(
+        f"| templates | accuracy, splits {seeds} (%) | mean (%) | "
+        "mean difference to raw (points) | mean AUC |"
+    )
+    print("|---|---|---|---|---|")
+    for n in names:
+        a = np.asarray(acc[n])
+        print(
+            f"| {n} | {' / '.join(f'{x:.2f}' for x in a)} | {a.mean():.2f} "
+            f"| {(a - raw).mean():+.2f} | {np.mean(auc[n]):.4f} |"
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="10000,100000", help="gallery sizes ('' for none)")
     ap.add_argument("--queries", type=int, default=50)
     ap.add_argument("--skip-slerpface-above", type=int, default=100_000)
-    ap.add_argument("--probe-nnz", type=int, default=63, help="encrypted: probe non-zeros h")
+    ap.add_argument(
+        "--probe-nnz",
+        type=int,
+        default=EncryptedConfig().probe_nnz,
+        help="encrypted: probe non-zeros h",
+    )
     ap.add_argument("--pack", type=int, default=5, help="encrypted: templates per slot P")
     ap.add_argument("--orl", action="store_true")
     ap.add_argument("--iso", action="store_true")
@@ -474,6 +533,12 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--width", type=int, default=16)
     ap.add_argument("--model", default=None)
+    ap.add_argument(
+        "--orl-splits",
+        default="",
+        help="accuracy over several splits: SEED=MODEL,... (each an ArcFace bundle trained "
+        "on that ORL split, e.g. ppfr bench orl --seed SEED's runs/split-SEED/arcface/model)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="/tmp/bench-encrypted")
     args = ap.parse_args()
@@ -498,6 +563,8 @@ def main() -> None:
         orl_section(args, out, results, ctx)
     if args.iso:
         iso_section(args, out, results, ctx)
+    if args.orl_splits:
+        splits_section(args, out, results)
     (out / "results.json").write_text(json.dumps(results, indent=2, default=float))
 
 

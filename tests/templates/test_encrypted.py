@@ -20,6 +20,7 @@ ts = pytest.importorskip("tenseal")
 from ppfr.errors import DataError, InputError  # noqa: E402
 from ppfr.templates._ckks import MAX_COEFF_BITS_128, CKKSBackend, CKKSParams  # noqa: E402
 from ppfr.templates.encrypted import (  # noqa: E402
+    ROUND_TOL,
     EncryptedConfig,
     EncryptedGallery,
     KeyHolder,
@@ -71,6 +72,29 @@ def test_default_parameters_are_128_bit() -> None:
     assert np.log2(cfg.max_abs_value) + p.scale_bits <= p.data_bits - 2
     backend = CKKSBackend.generate(p)  # SEAL itself refuses parameters outside its table
     assert backend.slots == 4096 and backend.has_secret_key
+
+
+def test_default_parameters_decode_a_full_block_exactly() -> None:
+    # a full block of 20,480 templates at the default parameters, and a probe reaching the
+    # largest score there is, decode to the plaintext ternary scores, with the decrypted
+    # values far inside the key holder's rounding tolerance (measured at most 0.04 over 5
+    # probes, module docstring; ROUND_TOL is 0.25)
+    holder = KeyHolder.create(threshold=-1.0)
+    cfg = holder.config
+    gallery = EncryptedGallery.for_key_holder(holder)
+    rng = np.random.default_rng(0)
+    t = rng.standard_normal((cfg.block_size, cfg.dim))
+    t[-1] = t[0]  # the last digit of a slot holds a template identical to the probe
+    gallery.enroll(t, [f"p{i}" for i in range(len(t))])
+    blocks, ids = gallery.score_blocks(t[0])
+    values = holder._backend.decrypt(holder._backend.loads(blocks[0]))
+    assert np.abs(values - np.rint(values)).max() < ROUND_TOL / 2
+    rows, scores = holder._scores(blocks, ids, gallery.n)
+    want = ternarise(t, cfg.gallery_nnz).astype(np.int64) @ ternarise(t[0], cfg.probe_nnz)
+    got = np.zeros(len(t), np.int64)
+    got[rows] = scores
+    assert len(rows) == len(t) and np.array_equal(got, want)
+    assert want[0] == want[-1] == cfg.probe_nnz  # the largest score a probe can reach
 
 
 def test_parameters_outside_the_table_or_the_modulus_are_refused() -> None:
