@@ -52,6 +52,17 @@ def test_shards_and_replicas_need_a_cluster(tmp_path):
     assert "--shards and --replicas need --cluster" in res.output
 
 
+def test_the_cluster_refuses_an_encrypted_gallery(tmp_path):
+    # the sharded gallery rebuilds shards from the SQL store; encrypted galleries live in
+    # the matching server's files (docs/templates.md, "Not on the Ray cluster")
+    args = ["serve", "--model", str(tmp_path), "--cluster", "local"]
+    args += ["--encrypted-dir", str(tmp_path / "enc"), "--keyholder-url", "http://127.0.0.1:1"]
+    res = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
+    assert res.exit_code == 2
+    assert "--encrypted-dir does not apply" in res.output
+    assert not (tmp_path / "enc").exists()
+
+
 def test_ray_stays_out_of_the_core_and_a_missing_ray_names_the_extra(tmp_path):
     # one interpreter (PyTorch imports once): `import ppfr` and the single-process service
     # never load Ray; then, with Ray blocked, `ppfr serve --cluster` names the extra to install
