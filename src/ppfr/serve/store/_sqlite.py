@@ -144,15 +144,9 @@ class SQLiteStore(GalleryStore):
             app_id = db.execute("PRAGMA main.application_id").fetchone()[0]
             tables = {r[0] for r in db.execute("SELECT name FROM main.sqlite_master")}
             layout = db.execute("PRAGMA main.user_version").fetchone()[0]
-        except sqlite3.OperationalError as e:
-            if _locked(e):
+        except sqlite3.DatabaseError as e:  # OperationalError included
+            if isinstance(e, sqlite3.OperationalError) and _locked(e):
                 raise _locked_error(self.path) from e
-            raise DataError(
-                f"{self.path} is not a ppfr gallery database (SQLite says: {e}); the file is "
-                "corrupt or belongs to something else. Restore it from a backup or point "
-                "--db at another file."
-            ) from e
-        except sqlite3.DatabaseError as e:
             raise DataError(
                 f"{self.path} is not a ppfr gallery database (SQLite says: {e}); the file is "
                 "corrupt or belongs to something else. Restore it from a backup or point "
@@ -190,14 +184,9 @@ class SQLiteStore(GalleryStore):
                 # another holds a long read (a shard loading) do not wait for it
                 return
             db.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as e:
-            if _locked(e):
+        except sqlite3.DatabaseError as e:  # OperationalError included
+            if isinstance(e, sqlite3.OperationalError) and _locked(e):
                 raise _locked_error(self.path) from e
-            raise DataError(
-                f"the SlerpFace key file {self.keys_path} is not a SQLite database ({e}); "
-                "it is corrupt"
-            ) from e
-        except sqlite3.DatabaseError as e:
             raise DataError(
                 f"the SlerpFace key file {self.keys_path} is not a SQLite database ({e}); "
                 "it is corrupt"
