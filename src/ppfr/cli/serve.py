@@ -70,6 +70,13 @@ def serve_cmd(
     replicas: Annotated[int, typer.Option(help="With --cluster: service replicas.")] = 1,
     shard_cpus: Annotated[float, typer.Option(help="With --cluster: CPUs per shard.")] = 1.0,
     replica_cpus: Annotated[float, typer.Option(help="With --cluster: CPUs per replica.")] = 1.0,
+    replica_resource: Annotated[
+        str | None,
+        typer.Option(
+            help="With --cluster: place replicas only on nodes that declare this Ray resource "
+            "(ray start --resources '{\"NAME\": R}'), one unit per replica."
+        ),
+    ] = None,
     shard_timeout: Annotated[
         float, typer.Option(help="With --cluster: seconds to wait for shards before a 503.")
     ] = 30.0,
@@ -105,6 +112,7 @@ def serve_cmd(
             port=port,
             shard_cpus=shard_cpus,
             replica_cpus=replica_cpus,
+            replica_resource=replica_resource,
             shard_timeout=shard_timeout,
             app_options={
                 "max_body_bytes": max_body_bytes,

@@ -61,6 +61,7 @@ HEALTH = {
     "health_check_failure_threshold": 4,
 }
 SHARDS, REPLICAS, PER_SUBJECT = 3, 2, 2
+REPLICA_RESOURCE = "ppfr-replica"
 SRC = Path(__file__).resolve().parents[3] / "src"
 
 
@@ -236,6 +237,8 @@ def start_service(address: str, bundle: Path, db: str, port: int, log: Path) -> 
         "0.25",
         "--replica-cpus",
         "0.25",
+        "--replica-resource",
+        REPLICA_RESOURCE,
         "--shard-timeout",
         "10",
         "--model",
@@ -265,14 +268,24 @@ def wait_health(url: str, proc: subprocess.Popen, seconds: float) -> bool:
     return False
 
 
-def sockets() -> list[list[str]]:
-    """``[local address, process]`` of every listening TCP socket in this network namespace."""
-    run = subprocess.run(["ss", "-tlnpH"], capture_output=True, text=True)
-    out = []
-    for line in run.stdout.splitlines():
-        cols = line.split()
-        if len(cols) >= 4:
-            out.append([cols[3], " ".join(cols[5:])])
+def sockets(tries: int = 10) -> list[list[str]]:
+    """``[local address, process]`` of every listening TCP socket in this network namespace.
+
+    ``ss`` names a socket's process by walking ``/proc/PID/fd``; a socket read while its
+    process is still starting (or its fd table changing) comes back with no process. Such
+    a reading is retried, so that every socket is reported with its owner.
+    """
+    out: list[list[str]] = []
+    for _ in range(tries):
+        run = subprocess.run(["ss", "-tlnpH"], capture_output=True, text=True)
+        out = [
+            [cols[3], " ".join(cols[5:])]
+            for cols in (line.split() for line in run.stdout.splitlines())
+            if len(cols) >= 4
+        ]
+        if all(process for _, process in out):
+            break
+        time.sleep(0.3)
     return out
 
 
@@ -346,11 +359,10 @@ def node_loss(h: Http, cluster: Cluster, workers: list, report: dict) -> None:
     shard_nodes = {n for name, n in before.items() if "shard" in name}
     replica_nodes = {n for name, n in before.items() if "SERVE_REPLICA" in name}
     ids = {w.node_id: w for w in workers}
-    # a worker holding a shard; one without a Serve replica if there is one (a replica lost
-    # mid-request is answered by Serve's proxy, not by the sharded gallery under test)
-    candidates = [n for n in ids if n in shard_nodes]
-    preferred = [n for n in candidates if n not in replica_nodes]
-    victim = (preferred or candidates or list(ids))[0]
+    out["head"] = cluster.head_node.node_id
+    out["replica_nodes"] = sorted(replica_nodes)
+    # a worker holding a shard (and, with --replica-resource on the head, no replica)
+    victim = ([n for n in ids if n in shard_nodes] or list(ids))[0]
     out["victim"] = victim
     out["victim_had_replica"] = victim in replica_nodes
 
@@ -480,7 +492,15 @@ def main() -> None:
     try:
         cluster = Cluster(
             initialize_head=True,
-            head_node_args={**NODE, "include_dashboard": False, "_system_config": HEALTH},
+            # the head alone declares the replicas' resource: a worker holds shards only, so
+            # losing one loses shards, never a replica in mid-request (Serve's proxy answers
+            # such a request 500 itself, whatever the gallery does)
+            head_node_args={
+                **NODE,
+                "include_dashboard": False,
+                "_system_config": HEALTH,
+                "resources": {REPLICA_RESOURCE: REPLICAS},
+            },
         )
         # connected before the workers start: Ray then knows this node's address and does not
         # probe the (absent) outside network for it once per node (about 1 s each)

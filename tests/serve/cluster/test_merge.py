@@ -11,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ppfr.cli import app
+from ppfr.errors import InputError
 from ppfr.serve.cluster.merge import merge_top_k
 
 
@@ -61,6 +62,21 @@ def test_the_cluster_refuses_an_encrypted_gallery(tmp_path):
     assert res.exit_code == 2
     assert "--encrypted-dir does not apply" in res.output
     assert not (tmp_path / "enc").exists()
+
+
+def test_replicas_take_one_unit_of_a_custom_resource(tmp_path):
+    from ppfr.serve.cluster.service import build_application
+    from ppfr.serve.cluster.shard import ShardSpec
+
+    spec = ShardSpec("ppfr", 1, f"sqlite:///{tmp_path / 'g.db'}")
+    for builtin in ("CPU", "GPU", ""):
+        with pytest.raises(InputError, match="custom resource name"):
+            build_application(tmp_path, spec.db_url, spec, replicas=1, replica_resource=builtin)
+    # what Ray will place each replica by (Serve keeps it on the bound deployment)
+    placed = build_application(tmp_path, spec.db_url, spec, replicas=2, replica_resource="ingress")
+    assert placed._bound_deployment.ray_actor_options["resources"] == {"ingress": 1.0}  # noqa: SLF001
+    anywhere = build_application(tmp_path, spec.db_url, spec, replicas=1)
+    assert anywhere._bound_deployment.ray_actor_options["resources"] == {}  # noqa: SLF001
 
 
 def test_ray_stays_out_of_the_core_and_a_missing_ray_names_the_extra(tmp_path):

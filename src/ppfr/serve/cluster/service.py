@@ -66,6 +66,18 @@ def absolute_db_url(url: str) -> str:
     return url
 
 
+def _one_of(resource: str | None) -> dict[str, float]:
+    """Ray's ``resources`` for an actor taking one unit of ``resource`` (none: empty)."""
+    if resource is None:
+        return {}
+    if not resource or resource in ("CPU", "GPU", "memory", "object_store_memory"):
+        raise InputError(
+            f"--replica-resource takes a custom resource name, not {resource!r} "
+            "(set CPUs with --replica-cpus)"
+        )
+    return {resource: 1.0}
+
+
 def build_application(
     model_dir: Path,
     db_url: str,
@@ -73,6 +85,7 @@ def build_application(
     *,
     replicas: int,
     replica_cpus: float = 1.0,
+    replica_resource: str | None = None,
     shard_timeout: float = 30.0,
     app_options: dict[str, Any] | None = None,
 ) -> Any:
@@ -105,7 +118,7 @@ def build_application(
         serve.ingress(build_asgi_app)(),
         name=DEPLOYMENT,
         num_replicas=replicas,
-        ray_actor_options={"num_cpus": replica_cpus},
+        ray_actor_options={"num_cpus": replica_cpus, "resources": _one_of(replica_resource)},
         max_ongoing_requests=at_work + waiting,
         max_queued_requests=max(1, waiting),
         backpressure_config={"status_code": 503, "retry_after_s": max(1.0, retry_after)},
@@ -124,6 +137,7 @@ def serve_cluster(
     port: int = 8000,
     shard_cpus: float = 1.0,
     replica_cpus: float = 1.0,
+    replica_resource: str | None = None,
     shard_timeout: float = 30.0,
     load_timeout: float = 3600.0,
     name: str = "ppfr",
@@ -138,6 +152,10 @@ def serve_cluster(
             takes) or ``local`` to start Ray in this process.
         shards, replicas: K shard actors, R Serve replicas.
         shard_cpus, replica_cpus: Ray CPUs reserved by each.
+        replica_resource: a custom Ray resource that the nodes meant for replicas declare
+            (``ray start --resources '{"NAME": R}'``: up to R replicas there); each replica
+            takes one unit, so replicas run only there (GPU or ingress nodes, say) and a
+            node without it holds shards only. None: anywhere.
         shard_timeout: seconds a request waits for the shards before answering 503.
         load_timeout: seconds to wait for the shards' first load.
         name: Serve application name, prefix of the shard actors' names.
@@ -167,6 +185,7 @@ def serve_cluster(
         spec,
         replicas=replicas,
         replica_cpus=replica_cpus,
+        replica_resource=replica_resource,
         shard_timeout=shard_timeout,
         app_options=options,
     )
@@ -191,6 +210,14 @@ def serve_cluster(
                 f"{replica_cpus:g} CPU need {need:g} CPUs; the cluster has {total:g} "
                 "(add nodes, or lower --shard-cpus / --replica-cpus)"
             )
+        if replica_resource is not None:
+            declared = ray.cluster_resources().get(replica_resource, 0.0)
+            if declared < replicas:
+                raise InputError(
+                    f"{replicas} replicas need {replicas} units of the Ray resource "
+                    f"{replica_resource!r}; the cluster's nodes declare {declared:g} "
+                    f"(ray start --resources '{{\"{replica_resource}\": {replicas}}}')"
+                )
         machines = {n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]}
         if db_url.startswith("sqlite") and len(machines) > 1:
             log.warning(
