@@ -1,12 +1,13 @@
 """The attacker's budget: linkage and identity-guided recovery against what the attacker spends.
 
 Whoever holds a public client can protect faces of its own and train on them, so the identity
-attacks (:mod:`ppfr.attacks.linkage`, :mod:`ppfr.attacks.identity_recovery`) are bounded by
-how well the server itself recognises people from the same representations, and by how much
-the attacker spends, not by the protection (docs/privacy.md, "The ceiling on linkage"). This
-module measures the second part: each attack at a grid of attacker budgets
-(:class:`Budget`), on a trained method, beside the method's own server figures (its
-verification AUC and accuracy on the same held-out people: the bound).
+attacks (:mod:`ppfr.attacks.linkage`, :mod:`ppfr.attacks.identity_recovery`) follow how well
+a recognizer trained on the same representations tells people apart, and how much the
+attacker spends, not the protection (docs/privacy.md, "Linkage follows the server's
+recognition"). This module measures the second part: each attack at a grid of attacker
+budgets (:class:`Budget`), on a trained method, beside the method's own server figures (its
+verification AUC and accuracy on the same held-out people: the reference line, which a
+student trained better than the server can pass).
 
 A budget has four parts:
 
