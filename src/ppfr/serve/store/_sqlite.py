@@ -145,7 +145,7 @@ class SQLiteStore(GalleryStore):
             tables = {r[0] for r in db.execute("SELECT name FROM main.sqlite_master")}
             layout = db.execute("PRAGMA main.user_version").fetchone()[0]
         except sqlite3.DatabaseError as e:  # OperationalError included
-            if isinstance(e, sqlite3.OperationalError) and _locked(e):
+            if _locked(e):
                 raise _locked_error(self.path) from e
             raise DataError(
                 f"{self.path} is not a ppfr gallery database (SQLite says: {e}); the file is "
@@ -185,7 +185,7 @@ class SQLiteStore(GalleryStore):
                 return
             db.execute("BEGIN IMMEDIATE")
         except sqlite3.DatabaseError as e:  # OperationalError included
-            if isinstance(e, sqlite3.OperationalError) and _locked(e):
+            if _locked(e):
                 raise _locked_error(self.path) from e
             raise DataError(
                 f"the SlerpFace key file {self.keys_path} is not a SQLite database ({e}); "
@@ -227,11 +227,9 @@ class SQLiteStore(GalleryStore):
                 db.execute("COMMIT")
             except sqlite3.IntegrityError as e:
                 raise InputError(f"gallery store refused the change: {e}") from e
-            except sqlite3.OperationalError as e:
+            except sqlite3.DatabaseError as e:  # OperationalError included
                 if _locked(e):
                     raise _locked_error(self.path) from e
-                raise DataError(f"gallery database {self.path} failed: {e}") from e
-            except sqlite3.DatabaseError as e:
                 raise DataError(f"gallery database {self.path} failed: {e}") from e
 
     @staticmethod
@@ -435,8 +433,9 @@ class SQLiteStore(GalleryStore):
         return f"SQLiteStore({str(self.path)!r})"
 
 
-def _locked(e: sqlite3.OperationalError) -> bool:
-    return "locked" in str(e) or "busy" in str(e)
+def _locked(e: sqlite3.DatabaseError) -> bool:
+    # only an OperationalError is a lock: a corrupt file's message may say anything
+    return isinstance(e, sqlite3.OperationalError) and ("locked" in str(e) or "busy" in str(e))
 
 
 def _locked_error(path: Path) -> DataError:
