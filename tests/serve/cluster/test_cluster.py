@@ -110,7 +110,7 @@ def test_node_loss_loses_no_acknowledged_enrolment_and_never_answers_in_part(rep
     assert n["shards_after"] == [f"ppfr-shard-{i}-of-3" for i in range(3)]
     assert n["shards_on_alive_nodes"]
     assert n["victim"] in n["before"].values() and n["victim"] not in n["after"].values()
-    assert n["final_g1_same"]
+    assert n["final_g1_same"], (n["final_g1_status"], n["final_g1_503s"])
 
 
 def test_every_listening_socket_is_on_loopback(report):
